@@ -99,7 +99,7 @@ impl Keypair {
 
     /// The public half: the node id.
     pub fn node_id(&self) -> NodeId {
-        NodeId(self.signing.verifying_key())
+        NodeId(self.signing.verifying_key().to_bytes())
     }
 
     /// Signs `msg` (pure ed25519, RFC 8032).
@@ -122,9 +122,10 @@ impl fmt::Debug for Keypair {
     }
 }
 
-/// A node id: an ed25519 public key, validated (it decompresses to a curve point).
+/// A node id: an ed25519 public key, validated (it decompresses to a curve point
+/// that is not of small order). 32 bytes; cheap to copy, hash and compare.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct NodeId(VerifyingKey);
+pub struct NodeId([u8; PUBLIC_KEY_BYTES]);
 
 impl NodeId {
     /// Validates 32 bytes as an ed25519 public key. Keys that are not curve
@@ -132,27 +133,28 @@ impl NodeId {
     /// nothing), are refused.
     pub fn from_bytes(bytes: &[u8; PUBLIC_KEY_BYTES]) -> Result<Self, IdentityError> {
         match VerifyingKey::from_bytes(bytes) {
-            Ok(k) if !k.is_weak() => Ok(NodeId(k)),
+            Ok(k) if !k.is_weak() => Ok(NodeId(*bytes)),
             _ => Err(IdentityError::BadPublicKey),
         }
     }
 
     /// The 32 key bytes.
     pub fn as_bytes(&self) -> &[u8; PUBLIC_KEY_BYTES] {
-        self.0.as_bytes()
+        &self.0
     }
 
     /// Verifies a signature by this node over `msg` (strict: rejects
     /// malleable signatures and small-order keys).
     pub fn verify(&self, msg: &[u8], sig: &Signature) -> Result<(), IdentityError> {
-        self.0
-            .verify_strict(msg, sig)
+        self.verifying_key()
+            .and_then(|k| k.verify_strict(msg, sig))
             .map_err(|_| IdentityError::BadSignature(*self))
     }
 
-    /// The underlying `ed25519-dalek` verifying key.
-    pub fn verifying_key(&self) -> &VerifyingKey {
-        &self.0
+    /// The `ed25519-dalek` verifying key (decompresses the point: keep it if
+    /// you verify many signatures by the same node).
+    pub fn verifying_key(&self) -> Result<VerifyingKey, ed25519_dalek::SignatureError> {
+        VerifyingKey::from_bytes(&self.0)
     }
 
     /// A short form for logs: the first 8 characters of the text form.

@@ -414,7 +414,7 @@ mod sig_hex {
     pub fn serialize<S: Serializer>(sig: &Option<Signature>, s: S) -> Result<S::Ok, S::Error> {
         match sig {
             None => s.serialize_none(),
-            Some(sig) => s.serialize_str(&data_hex(&sig.to_bytes())),
+            Some(sig) => s.serialize_str(&data_encoding::HEXLOWER.encode(&sig.to_bytes())),
         }
     }
 
@@ -422,25 +422,13 @@ mod sig_hex {
         let Some(text) = Option::<String>::deserialize(d)? else {
             return Ok(None);
         };
-        let bytes = from_hex(&text).ok_or_else(|| serde::de::Error::custom("bad hex"))?;
+        let bytes = data_encoding::HEXLOWER_PERMISSIVE
+            .decode(text.as_bytes())
+            .map_err(|_| serde::de::Error::custom("a signature is hexadecimal"))?;
         let arr: [u8; 64] = bytes
             .try_into()
             .map_err(|_| serde::de::Error::custom("a signature is 64 bytes"))?;
         Ok(Some(Signature::from_bytes(&arr)))
-    }
-
-    fn data_hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
-    }
-
-    fn from_hex(s: &str) -> Option<Vec<u8>> {
-        if s.len() % 2 != 0 {
-            return None;
-        }
-        (0..s.len())
-            .step_by(2)
-            .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-            .collect()
     }
 }
 

@@ -244,10 +244,10 @@ fn doc_vectors() -> Vec<(String, String)> {
         let body = body.join("\n");
         if kind == "text" && body.trim().starts_with("nk") {
             pending_text = Some(body.trim().to_string());
-        } else if kind == "json" {
-            if let Some(t) = pending_text.take() {
-                out.push((t, body));
-            }
+        } else if kind == "json"
+            && let Some(t) = pending_text.take()
+        {
+            out.push((t, body));
         }
     }
     out

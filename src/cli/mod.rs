@@ -1,0 +1,177 @@
+//! The `natkit` command-line tool.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 usage error. Errors are one line
+//! on stderr (`natkit: error: ...`); logs (tracing) go to stderr too, controlled
+//! by `-v` or `RUST_LOG`; results go to stdout, as JSON lines with `--json`.
+//!
+//! Each command has its own module: [`identity`] (`showid`) and [`unl`]
+//! (`unl decode`, `unl encode`).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub mod identity;
+pub mod unl;
+
+/// Exit code for a runtime failure.
+pub const EXIT_FAILURE: i32 = 1;
+/// Exit code for a usage error (bad flags or arguments).
+pub const EXIT_USAGE: i32 = 2;
+
+/// natkit: find peers behind NATs and open direct, authenticated connections.
+#[derive(Debug, Parser)]
+#[command(name = "natkit", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Identity key file (created on first use, mode 0600).
+    /// Default: $XDG_CONFIG_HOME/natkit/identity.key or ~/.config/natkit/identity.key.
+    #[arg(long, global = true, env = "NATKIT_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+
+    /// Port to listen on (TCP and UDP). 0 picks a free port.
+    #[arg(long, global = true, value_name = "P")]
+    pub port: Option<u16>,
+
+    /// A node to bootstrap from (repeatable). Nothing is contacted unless you give one.
+    #[arg(long, global = true, value_name = "HOST:PORT", value_parser = parse_host_port)]
+    pub bootstrap: Vec<String>,
+
+    /// Print every result and event as one JSON object per line on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More logging on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print this node's id (its public key), creating the key file on first use.
+    Showid,
+    /// Build and read UNLs (Universal Node Locators).
+    #[command(subcommand)]
+    Unl(unl::UnlCommand),
+}
+
+/// Runs the tool with the process's arguments and returns the exit code.
+pub fn main() -> i32 {
+    // A panic is a bug; still, the user gets one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        eprintln!("natkit: internal error (please report): {msg}");
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    init_logging(cli.verbose);
+    match run(&cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("natkit: error: {}", one_line(&e));
+            EXIT_FAILURE
+        }
+    }
+}
+
+/// Prints a clap error: help and version in full; a usage error as one line.
+fn usage_error(e: clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    if !e.use_stderr() {
+        let _ = e.print();
+        return 0;
+    }
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let _ = e.print();
+        return EXIT_USAGE;
+    }
+    // clap's message is a paragraph, then usage; keep the paragraph, on one line.
+    let text = e.render().to_string();
+    let para: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .skip_while(|l| l.is_empty())
+        .take_while(|l| !l.is_empty())
+        .collect();
+    let msg = para.join(" ");
+    let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
+    eprintln!("natkit: usage error: {msg} (see natkit --help)");
+    EXIT_USAGE
+}
+
+/// Runs a parsed command.
+pub fn run(cli: &Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Showid => identity::showid(cli),
+        Command::Unl(cmd) => unl::run(cli, cmd),
+    }
+}
+
+/// The error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string().replace('\n', " ");
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn parse_host_port(s: &str) -> Result<String, String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{s:?} has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(s.to_string()),
+        _ => Err(format!("{s:?} has no valid port (1-65535)")),
+    }
+}
+
+/// The key file to use: `--key`, else the default location.
+pub fn key_path(cli: &Cli) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &cli.key {
+        return Ok(p.clone());
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "cannot find a place for the key file: set --key, HOME or XDG_CONFIG_HOME"
+            )
+        })?;
+    Ok(base.join("natkit").join("identity.key"))
+}

@@ -1,0 +1,29 @@
+//! natkit: find peers behind NATs and open direct, authenticated connections.
+//!
+//! This is the facade crate: it re-exports the capability crates under short
+//! names and owns the `natkit` command-line tool.
+//!
+//! # Layout
+//! - [`identity`] (`natkit-identity`): ed25519 node identity, node ids, key files.
+//! - [`unl`] (`natkit-unl`): the Universal Node Locator codec and the
+//!   "who dials first" rule.
+//! - `natkit-lab` (test support, not re-exported): the NAT lab in Linux network
+//!   namespaces that integration tests use.
+//! - [`cli`]: the `natkit` command-line tool (`src/main.rs` only calls it).
+//!
+//! # Example
+//! ```
+//! use natkit::identity::Keypair;
+//! use natkit::unl::{AddrSource, Unl};
+//!
+//! let key = Keypair::from_seed([1; 32]);
+//! let mut unl = Unl::new(key.node_id());
+//! unl.add_addr(AddrSource::Lan, "192.168.1.20:50500".parse().unwrap()).unwrap();
+//! let text = unl.emit();
+//! assert_eq!(text.parse::<Unl>().unwrap().node_id, key.node_id());
+//! ```
+
+pub mod cli;
+
+pub use natkit_identity as identity;
+pub use natkit_unl as unl;

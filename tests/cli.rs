@@ -1,0 +1,262 @@
+//! The `natkit` command line: identity, UNL encode/decode, exit codes and errors.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn natkit(key: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_natkit"))
+        .args(args)
+        .env("NATKIT_KEY", key)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run natkit")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A failure: exit code 1 or 2, and exactly one line on stderr, no panic.
+fn assert_clean_failure(o: &Output, what: &str) {
+    let code = o.status.code();
+    assert!(
+        matches!(code, Some(1) | Some(2)),
+        "{what}: exit {code:?}, stderr {}",
+        stderr(o)
+    );
+    let err = stderr(o);
+    assert_eq!(
+        err.lines().count(),
+        1,
+        "{what}: stderr is not one line: {err}"
+    );
+    assert!(err.starts_with("natkit: "), "{what}: {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("internal error"),
+        "{what}: {err}"
+    );
+    assert!(o.stdout.is_empty(), "{what}: printed to stdout on failure");
+}
+
+#[test]
+fn showid_creates_a_private_key_once_and_prints_the_same_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("conf/id.key");
+    let first = natkit(&key, &["showid"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let id = stdout(&first).trim().to_string();
+    assert_eq!(id.len(), 52);
+    assert!(stderr(&first).contains("created a new identity key"));
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let second = natkit(&key, &["showid"]);
+    assert_eq!(stdout(&second).trim(), id);
+    assert!(stderr(&second).is_empty());
+    let json = natkit(&key, &["showid", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&json).trim()).unwrap();
+    assert_eq!(v["node_id"], id.as_str());
+}
+
+#[test]
+fn a_key_file_others_can_read_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id.key");
+    assert!(natkit(&key, &["showid"]).status.success());
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let o = natkit(&key, &["showid"]);
+    assert_clean_failure(&o, "insecure key");
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("chmod 600"));
+}
+
+#[test]
+fn a_malformed_key_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id.key");
+    std::fs::write(&key, "not a key\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let o = natkit(&key, &["showid"]);
+    assert_clean_failure(&o, "malformed key");
+    assert!(stderr(&o).contains("malformed"));
+}
+
+#[test]
+fn decode_accepts_what_encode_builds() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id.key");
+    let id = stdout(&natkit(&key, &["showid"])).trim().to_string();
+    let enc = natkit(
+        &key,
+        &[
+            "unl",
+            "encode",
+            "--addr",
+            "lan=10.0.1.2:50500",
+            "--addr",
+            "observed=203.0.113.10:50500",
+            "--addr",
+            "upnp=[2001:db8::1]:4000",
+            "--nat",
+            "incrementing",
+            "--delta",
+            "-2",
+            "--node",
+            "hole-punch",
+            "--rendezvous",
+            "203.0.113.100:6881",
+            "--timestamp",
+            "1795000000",
+            "--sign",
+        ],
+    );
+    assert!(enc.status.success(), "{}", stderr(&enc));
+    let unl = stdout(&enc).trim().to_string();
+    let dec = natkit(&key, &["unl", "decode", &unl, "--json"]);
+    assert!(dec.status.success(), "{}", stderr(&dec));
+    let v: serde_json::Value = serde_json::from_str(stdout(&dec).trim()).unwrap();
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["node_id"], id.as_str());
+    assert_eq!(v["addrs"][0]["source"], "lan");
+    assert_eq!(v["addrs"][0]["addr"], "10.0.1.2:50500");
+    assert_eq!(v["addrs"][1]["source"], "observed");
+    assert_eq!(v["addrs"][2]["addr"], "[2001:db8::1]:4000");
+    assert_eq!(v["nat"]["type"], "incrementing");
+    assert_eq!(v["nat"]["delta"], -2);
+    assert_eq!(v["node"], "hole-punch");
+    assert_eq!(v["rendezvous"][0], "203.0.113.100:6881");
+    assert_eq!(v["timestamp"], 1795000000u32);
+    assert!(v["signature"].is_string());
+
+    // Human-readable form has every field.
+    let human = stdout(&natkit(&key, &["unl", "decode", &unl]));
+    for needle in [
+        "node id:",
+        "lan 10.0.1.2:50500",
+        "incrementing (delta -2)",
+        "hole-punch",
+        "203.0.113.100:6881",
+        "valid",
+    ] {
+        assert!(human.contains(needle), "missing {needle:?} in {human}");
+    }
+
+    // Encoding someone else's id needs no key; signing it is refused.
+    let other = "rkeohxlubhyzl7ks3mwtzos5olfgocn7dwkbeg7toseadnapn5oa";
+    let o = natkit(
+        &key,
+        &["unl", "encode", "--node-id", other, "--timestamp", "0"],
+    );
+    assert!(o.status.success());
+    let o = natkit(&key, &["unl", "encode", "--node-id", other, "--sign"]);
+    assert_clean_failure(&o, "sign another node's UNL");
+}
+
+#[test]
+fn decode_accepts_every_test_vector_in_the_docs() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id.key");
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/unl.md")).unwrap();
+    let vectors: Vec<&str> = doc
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("nk") && l.len() > 40)
+        .collect();
+    assert!(vectors.len() >= 3);
+    for v in vectors {
+        let o = natkit(&key, &["unl", "decode", v, "--json"]);
+        assert!(o.status.success(), "{v}: {}", stderr(&o));
+        let json: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        assert!(json["node_id"].is_string());
+        // And it encodes back to the same text.
+        let mut args = vec!["unl", "encode"];
+        let id = json["node_id"].as_str().unwrap().to_string();
+        args.extend(["--node-id", &id]);
+        let addrs: Vec<String> = json["addrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                format!(
+                    "{}={}",
+                    a["source"].as_str().unwrap(),
+                    a["addr"].as_str().unwrap()
+                )
+            })
+            .collect();
+        for a in &addrs {
+            args.extend(["--addr", a]);
+        }
+        if json["signature"].is_null() {
+            let nat = json["nat"]["type"].as_str().unwrap().to_string();
+            let delta = json["nat"]["delta"].to_string();
+            let node = json["node"].as_str().unwrap().to_string();
+            let ts = json["timestamp"].to_string();
+            let rdv: Vec<String> = json["rendezvous"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().unwrap().to_string())
+                .collect();
+            args.extend(["--nat", &nat, "--node", &node, "--timestamp", &ts]);
+            if nat == "incrementing" {
+                args.extend(["--delta", &delta]);
+            }
+            for r in &rdv {
+                args.extend(["--rendezvous", r]);
+            }
+            let o = natkit(&key, &args);
+            assert_eq!(stdout(&o).trim(), v, "re-encode of {v}");
+        }
+    }
+}
+
+#[test]
+fn garbage_gives_a_one_line_error_and_exit_1_or_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id.key");
+    let long = "nk".to_string() + &"a".repeat(5000);
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["unl", "decode", "garbage"],
+        vec!["unl", "decode", ""],
+        vec!["unl", "decode", "nk"],
+        vec!["unl", "decode", "nk!!!!"],
+        vec!["unl", "decode", "nkaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"],
+        vec![
+            "unl",
+            "decode",
+            "nkccfiry65oqe7dfp5klns2pf2lvzmuzyjx4ozieq36n2iqanub5xvyitk7wdmaiaabiaacawfiqa4wadrblcuirrfsrib",
+        ],
+        vec!["unl", "decode", &long],
+        vec!["unl", "decode", "💥"],
+        vec!["unl", "decode"],
+        vec!["unl", "encode", "--addr", "nowhere"],
+        vec!["unl", "encode", "--addr", "lan=1.2.3.4:0"],
+        vec!["unl", "encode", "--nat", "incrementing"],
+        vec!["unl", "encode", "--node-id", "xyz"],
+        vec!["unl", "encode", "--timestamp", "yesterday"],
+        vec!["--port", "70000", "showid"],
+        vec!["--bootstrap", "nohost", "showid"],
+        vec!["frobnicate"],
+    ];
+    for args in cases {
+        let o = natkit(&key, &args);
+        assert_clean_failure(&o, &format!("{args:?}"));
+    }
+}
+
+#[test]
+fn version_and_help_exit_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id.key");
+    let v = natkit(&key, &["--version"]);
+    assert!(v.status.success());
+    assert!(stdout(&v).starts_with("natkit "));
+    let h = natkit(&key, &["--help"]);
+    assert!(h.status.success());
+    assert!(stdout(&h).contains("showid"));
+}
