@@ -169,6 +169,7 @@ table inet filter {
     type filter hook forward priority filter; policy drop;
     ct state established,related accept
     iifname "lan0" oifname "wan0" accept
+    iifname "lan0" oifname "lan0" accept
     $inbound
     $upnp_fwd
   }
@@ -193,6 +194,11 @@ table inet filter {
 }
 NFT
   nsx "$h" sysctl -qw net.ipv4.ip_forward=1
+  # Bridged LAN traffic (alice <-> carol) must stay a plain switch, not pass netfilter (the
+  # kernel has br_netfilter built in; this sysctl is per network namespace).
+  if [[ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]]; then
+    nsx "$h" sysctl -qw net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-arptables=0
+  fi
 }
 
 netem_supported() { # does this kernel have sch_netem? (probed on lo of the lab's internet namespace)
