@@ -72,6 +72,13 @@ owner_alive() { # state dir -> 0 if owner alive or no owner (manual lab)
   [[ "$(proc_start_time "$pid")" == "$st" ]]
 }
 
+running() { # pid -> 0 if it exists and is not a zombie (zombies wait for their parent to reap them)
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  [[ "${stat:0:1}" != Z ]]
+}
+
 lab_namespaces() { # all namespaces of lab $1
   ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^$1-[A-Za-z0-9]+\$" || true
 }
@@ -85,7 +92,7 @@ down_lab() {
     kill -TERM $pids 2>/dev/null || true
     for ((i = 0; i < KILL_GRACE_TENTHS; i++)); do
       local alive=""
-      for p in $pids; do kill -0 "$p" 2>/dev/null && alive+=" $p"; done
+      for p in $pids; do running "$p" && alive+=" $p"; done
       [[ -z "$alive" ]] && break
       sleep 0.1
     done
