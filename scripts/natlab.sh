@@ -69,7 +69,7 @@ owner_alive() { # state dir -> 0 if owner alive or no owner (manual lab)
   read -r pid st <"$f" || return 0
   [[ "$pid" =~ ^[0-9]+$ ]] || return 0
   [[ "$pid" == 0 ]] && return 0
-  [[ "$(proc_start_time "$pid")" == "$st" ]]
+  running "$pid" && [[ "$(proc_start_time "$pid")" == "$st" ]]
 }
 
 running() { # pid -> 0 if it exists and is not a zombie (zombies wait for their parent to reap them)
