@@ -1,0 +1,56 @@
+//! natkit's DHT: Kademlia over UDP speaking the BitTorrent Mainline KRPC wire format
+//! (BEP 5), with secure node ids (BEP 42), read-only nodes (BEP 43) and arbitrary items
+//! (BEP 44), plus natkit's own namespaced queries (methods such as `natkit.announce`) carried in
+//! the same messages. Speaking the Mainline format means natkit nodes can use, and be found
+//! through, the public BitTorrent DHT as well as a private one.
+//!
+//! This version holds the **wire layer** only: sans-I/O, no sockets, no clocks, no tasks.
+//! Every decoder takes bytes and returns a typed value or a typed error, never panics on any
+//! input, and has an `emit` that is its exact inverse. The routing table, iterative lookups,
+//! token and storage handling and the tokio driver come next, on top of these types.
+//!
+//! # Layout
+//! - [`bencode`]: the [`bencode::Value`] type, a lenient [`bencode::parse`] for datagrams from
+//!   other implementations, a canonical-only [`bencode::parse_strict`] for BEP 44 values,
+//!   [`bencode::emit`], and the size/depth/count limits.
+//! - [`id`]: the 160-bit [`Id`], XOR [`Distance`] with bucket-index helpers, and the compact
+//!   node (26/38-byte) and peer (6/18-byte) encodings.
+//! - [`krpc`]: typed messages ([`Message`], [`Query`], [`Response`], [`ErrorMessage`]),
+//!   [`krpc::parse`] / [`Message::emit`], the error codes, and [`KrpcError`], which tells a
+//!   malformed query (answer 203) from noise (drop).
+//! - [`bep44`]: item targets, the signed buffer, [`bep44::MutableItem`] signing and
+//!   verification, and the limits mapped to BEP 44 error codes.
+//! - [`bep42`]: secure node ids from an external IP, the compliance check and exempt ranges.
+//!
+//! # Example
+//! ```
+//! use natkit_dht::{Id, Kind, Message, Query, krpc};
+//!
+//! let query = Message::query(
+//!     *b"\x00\x00\x00\x01", // natkit sends 4-byte transaction ids
+//!     Query::FindNode { id: Id([1; 20]), target: Id([2; 20]) },
+//! );
+//! let datagram = query.emit();
+//! assert!(datagram.starts_with(b"d1:ad2:id20:"));
+//!
+//! let parsed = krpc::parse(&datagram)?;
+//! assert_eq!(parsed, query);
+//! match parsed.kind {
+//!     Kind::Query(Query::FindNode { target, .. }) => assert_eq!(target, Id([2; 20])),
+//!     other => panic!("unexpected {other:?}"),
+//! }
+//! # Ok::<(), natkit_dht::KrpcError>(())
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod bencode;
+pub mod bep42;
+pub mod bep44;
+pub mod id;
+pub mod krpc;
+
+pub use bencode::Value;
+pub use id::{Distance, Id, NodeInfo, NodeInfo6};
+pub use krpc::{ErrorMessage, Kind, KrpcError, Message, PutItem, Query, Response};
