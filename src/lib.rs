@@ -7,6 +7,8 @@
 //! - [`identity`] (`natkit-identity`): ed25519 node identity, node ids, key files.
 //! - [`unl`] (`natkit-unl`): the Universal Node Locator codec and the
 //!   "who dials first" rule.
+//! - [`net`] (`natkit-net`): authenticated, line-based connections and the
+//!   connection manager (async and event-loop APIs).
 //! - `natkit-lab` (test support, not re-exported): the NAT lab in Linux network
 //!   namespaces that integration tests use.
 //! - [`cli`]: the `natkit` command-line tool (`src/main.rs` only calls it).
@@ -26,4 +28,5 @@
 pub mod cli;
 
 pub use natkit_identity as identity;
+pub use natkit_net as net;
 pub use natkit_unl as unl;

@@ -1,0 +1,528 @@
+//! The connection manager ([`Net`]): listens, dials, authenticates, enforces
+//! limits, keeps one connection per node, and shuts everything down.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use natkit_identity::{Keypair, NodeId};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::NetConfig;
+use crate::conn::{self, ConnShared, Connection, Direction, Limits};
+use crate::error::{CloseReason, NetError};
+use crate::handshake::{self, HandshakeOptions, LocalIdentity, Role};
+use crate::hub::{Hub, NetEvent};
+use crate::socket;
+
+/// The connection manager (async API).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use natkit_identity::Keypair;
+/// use natkit_net::{Net, NetConfig, NetEvent};
+///
+/// let net = Net::bind(Keypair::generate()?, NetConfig::default()).await?;
+/// println!("listening on {} as {}", net.local_addr(), net.node_id());
+/// while let Some(event) = net.next_event().await {
+///     match event {
+///         NetEvent::Connected(con) => con.send("hello").await?,
+///         NetEvent::Line(con, line) => println!("{}: {line}", con.node_id().short()),
+///         NetEvent::Disconnected { conn, reason } => println!("{} left: {reason}", conn.node_id()),
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Net {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    local: LocalIdentity,
+    config: NetConfig,
+    limits: Arc<Limits>,
+    local_addr: SocketAddr,
+    registry: Mutex<Registry>,
+    hub: Arc<Hub>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    handshake_permits: Arc<Semaphore>,
+    stopped: AtomicBool,
+}
+
+#[derive(Default)]
+struct Registry {
+    /// The one live connection per node.
+    by_id: HashMap<NodeId, Connection>,
+    /// Every connection whose task has not finished or whose lines were not all
+    /// taken (includes connections closed as duplicates).
+    all: Vec<Connection>,
+    inbound: usize,
+    outbound: usize,
+    pending_inbound: usize,
+    pending_outbound: usize,
+}
+
+/// Counters of a [`Net`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct NetStats {
+    /// Live inbound connections.
+    pub inbound: usize,
+    /// Live outbound connections.
+    pub outbound: usize,
+    /// Handshakes in progress.
+    pub pending: usize,
+    /// Events dropped because nobody read them.
+    pub dropped_events: u64,
+}
+
+impl Net {
+    /// Starts listening and returns the manager. Outgoing connections leave
+    /// from the same port.
+    pub async fn bind(identity: Keypair, config: NetConfig) -> Result<Net, NetError> {
+        config.validate()?;
+        let listener = socket::listen(config.listen).map_err(|source| NetError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let local_addr = listener.local_addr().map_err(|source| NetError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let local = LocalIdentity::new(identity).map_err(|e| NetError::Handshake {
+            addr: local_addr,
+            source: e,
+        })?;
+        let limits = Arc::new(Limits {
+            max_line_bytes: config.max_line_bytes,
+            send_queue_bytes: config.send_queue_bytes,
+            recv_queue_bytes: config.recv_queue_bytes,
+            ping_after: config.ping_after,
+            dead_after: config.dead_after,
+            close_timeout: config.close_timeout,
+        });
+        let inner = Arc::new(Inner {
+            handshake_permits: Arc::new(Semaphore::new(config.max_pending_handshakes)),
+            hub: Arc::new(Hub::new(config.max_queued_events)),
+            local,
+            limits,
+            local_addr,
+            registry: Mutex::new(Registry::default()),
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            stopped: AtomicBool::new(false),
+            config,
+        });
+        let span =
+            tracing::info_span!("net", node = %inner.local.node_id().short(), addr = %local_addr);
+        tracing::info!(parent: &span, "listening");
+        inner.tracker.spawn(
+            accept_loop(Arc::downgrade(&inner), listener, inner.shutdown.clone()).instrument(span),
+        );
+        Ok(Net { inner })
+    }
+
+    /// Our node id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.local.node_id()
+    }
+
+    /// The address we listen on (with the port chosen if 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NetConfig {
+        &self.inner.config
+    }
+
+    /// Connects to `addr`, expecting the node `expected` there (from its UNL),
+    /// and returns the connection once the handshake succeeded. If a connection
+    /// to that node exists already, returns it.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        expected: NodeId,
+    ) -> Result<Connection, NetError> {
+        self.connect_with_role(addr, expected, Role::Initiator)
+            .await
+    }
+
+    /// Like [`connect`](Net::connect), with the handshake role given: after a
+    /// TCP simultaneous open both sides dialed, and exactly one must be the
+    /// initiator (hole punching decides it from the UNLs).
+    pub async fn connect_with_role(
+        &self,
+        addr: SocketAddr,
+        expected: NodeId,
+        role: Role,
+    ) -> Result<Connection, NetError> {
+        let inner = &self.inner;
+        if expected == self.node_id() {
+            return Err(NetError::SelfConnect(expected));
+        }
+        if inner.stopped.load(Ordering::Acquire) {
+            return Err(NetError::Shutdown);
+        }
+        if let Some(c) = self.connection(&expected) {
+            return Ok(c);
+        }
+        let _slot = {
+            let mut r = inner.registry();
+            if r.outbound + r.pending_outbound >= inner.config.max_outbound {
+                return Err(NetError::Limit {
+                    which: "outbound",
+                    limit: inner.config.max_outbound,
+                });
+            }
+            r.pending_outbound += 1;
+            PendingGuard {
+                inner: inner.clone(),
+                inbound: false,
+            }
+        };
+        let span = tracing::info_span!("dial", peer = %expected.short(), %addr);
+        async {
+            let (mut stream, fresh_port) =
+                socket::connect(inner.local_addr, addr, inner.config.connect_timeout)
+                    .await
+                    .map_err(|source| {
+                        if source.kind() == std::io::ErrorKind::TimedOut {
+                            NetError::Timeout {
+                                what: "connect",
+                                addr,
+                                secs: inner.config.connect_timeout.as_secs_f64(),
+                            }
+                        } else {
+                            NetError::Connect { addr, source }
+                        }
+                    })?;
+            if fresh_port {
+                tracing::debug!("dialed from a fresh port (listen port's 4-tuple was taken)");
+            }
+            let opts = HandshakeOptions {
+                local: &inner.local,
+                role,
+                expected: Some(expected),
+                peer_addr: addr,
+                want_plaintext: inner.config.plaintext,
+                allow_plaintext: inner.config.allow_plaintext || inner.config.plaintext,
+            };
+            let est = tokio::select! {
+                r = tokio::time::timeout(inner.config.handshake_timeout, handshake::run(&mut stream, opts)) => r,
+                () = inner.shutdown.cancelled() => return Err(NetError::Shutdown),
+            };
+            let est = est
+                .map_err(|_| NetError::Timeout {
+                    what: "handshake",
+                    addr,
+                    secs: inner.config.handshake_timeout.as_secs_f64(),
+                })?
+                .map_err(|source| NetError::Handshake { addr, source })?;
+            register(inner, stream, est, Direction::Outbound)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The live connection to `node`, if any.
+    pub fn connection(&self, node: &NodeId) -> Option<Connection> {
+        let r = self.inner.registry();
+        r.by_id.get(node).filter(|c| !c.is_closed()).cloned()
+    }
+
+    /// Connections whose peer address is `addr`.
+    pub fn connections_to(&self, addr: SocketAddr) -> Vec<Connection> {
+        self.connections()
+            .into_iter()
+            .filter(|c| c.remote_addr() == addr)
+            .collect()
+    }
+
+    /// Every connection that is open, or closed with lines not yet taken.
+    pub fn connections(&self) -> Vec<Connection> {
+        let mut r = self.inner.registry();
+        r.all.retain(|c| !c.is_finished());
+        r.all.clone()
+    }
+
+    /// Queues `line` on every open connection (without waiting). Returns how
+    /// many accepted it; a full or closed connection is skipped.
+    pub fn broadcast(&self, line: &str) -> usize {
+        self.connections()
+            .iter()
+            .filter(|c| !c.is_closed() && c.send_line(line).is_ok())
+            .count()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> NetStats {
+        let r = self.inner.registry();
+        NetStats {
+            inbound: r.inbound,
+            outbound: r.outbound,
+            pending: r.pending_inbound + r.pending_outbound,
+            dropped_events: self.inner.hub.dropped(),
+        }
+    }
+
+    /// The next event. Events are queued from the first call of this method or
+    /// of [`events`](Net::events) on; connections made before that are in
+    /// [`connections`](Net::connections). Returns `None` after shutdown.
+    pub async fn next_event(&self) -> Option<NetEvent> {
+        self.inner.hub.next().await
+    }
+
+    /// The events as a stream (see [`next_event`](Net::next_event)).
+    pub fn events(&self) -> impl futures::Stream<Item = NetEvent> + Send + 'static {
+        self.inner.hub.enable();
+        futures::stream::unfold(self.clone(), |net| async move {
+            let ev = net.next_event().await?;
+            Some((ev, net))
+        })
+    }
+
+    /// A counter that moves whenever something happens (event-loop API).
+    pub(crate) fn activity(&self) -> u64 {
+        self.inner.hub.activity()
+    }
+
+    /// Waits until the activity counter moves from `seen`, or `timeout`.
+    pub(crate) async fn wait_activity(&self, seen: u64, timeout: std::time::Duration) {
+        self.inner.hub.wait_activity(seen, timeout).await
+    }
+
+    /// Closes every connection gracefully (queued lines are sent, within the
+    /// close timeout), stops listening and waits until every task this Net
+    /// started has ended.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.stopped.store(true, Ordering::Release);
+        inner.shutdown.cancel();
+        let conns: Vec<Connection> = inner.registry().all.clone();
+        for c in conns {
+            c.0.begin_close(CloseReason::Shutdown);
+        }
+        inner.tracker.close();
+        inner.tracker.wait().await;
+        inner.hub.close();
+        inner.hub.clear();
+        let mut r = inner.registry();
+        r.by_id.clear();
+        r.all.clear();
+    }
+
+    /// Whether [`shutdown`](Net::shutdown) was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.stopped.load(Ordering::Acquire)
+    }
+
+    /// Tasks this Net is running (for tests and diagnostics).
+    pub fn task_count(&self) -> usize {
+        self.inner.tracker.len()
+    }
+}
+
+impl Inner {
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone without shutdown: stop listening; connection
+        // tasks end on their own when their handles are dropped.
+        self.shutdown.cancel();
+    }
+}
+
+struct PendingGuard {
+    inner: Arc<Inner>,
+    inbound: bool,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        let mut r = self.inner.registry();
+        if self.inbound {
+            r.pending_inbound -= 1;
+        } else {
+            r.pending_outbound -= 1;
+        }
+    }
+}
+
+/// Adds an authenticated connection, resolving duplicates: of two connections
+/// to the same node, both sides keep the one with the smaller handshake hash
+/// (the same on both ends), so they agree without talking. The other one is
+/// closed gracefully, and the lines it carried are still delivered.
+fn register(
+    inner: &Arc<Inner>,
+    stream: TcpStream,
+    est: handshake::Established,
+    direction: Direction,
+) -> Result<Connection, NetError> {
+    let remote_addr = stream.peer_addr().map_err(|source| NetError::Connect {
+        addr: inner.local_addr,
+        source,
+    })?;
+    let local_addr = stream.local_addr().unwrap_or(inner.local_addr);
+    let shared = ConnShared::new(
+        est.peer,
+        remote_addr,
+        local_addr,
+        est.observed,
+        direction,
+        est.handshake_hash,
+        est.plaintext,
+        inner.limits.clone(),
+        Arc::downgrade(&inner.hub),
+    );
+    let conn = Connection(shared.clone());
+    let mut loser = None;
+    let winner;
+    {
+        let mut r = inner.registry();
+        if inner.stopped.load(Ordering::Acquire) {
+            return Err(NetError::Shutdown);
+        }
+        match r.by_id.get(&est.peer) {
+            Some(existing) if !existing.is_closed() => {
+                if est.handshake_hash < existing.0.handshake_hash {
+                    loser = Some(existing.clone());
+                    r.by_id.insert(est.peer, conn.clone());
+                    winner = conn.clone();
+                } else {
+                    loser = Some(conn.clone());
+                    winner = existing.clone();
+                }
+            }
+            _ => {
+                r.by_id.insert(est.peer, conn.clone());
+                winner = conn.clone();
+            }
+        }
+        r.all.push(conn.clone());
+        match direction {
+            Direction::Inbound => r.inbound += 1,
+            Direction::Outbound => r.outbound += 1,
+        }
+    }
+    let span = tracing::info_span!("conn", peer = %est.peer.short(), addr = %remote_addr, dir = ?direction);
+    tracing::debug!(parent: &span, "connected");
+    let weak = Arc::downgrade(inner);
+    let transport = est.transport;
+    // Connected is queued before the task can queue anything else.
+    inner.hub.connected(conn);
+    inner.tracker.spawn(
+        async move {
+            conn::run(shared.clone(), stream, transport).await;
+            if let Some(inner) = weak.upgrade() {
+                let mut r = inner.registry();
+                if r.by_id
+                    .get(&shared.node_id)
+                    .is_some_and(|c| Arc::ptr_eq(&c.0, &shared))
+                {
+                    r.by_id.remove(&shared.node_id);
+                }
+                match shared.direction {
+                    Direction::Inbound => r.inbound -= 1,
+                    Direction::Outbound => r.outbound -= 1,
+                }
+            }
+            conn::finish(&shared);
+        }
+        .instrument(span),
+    );
+    if let Some(l) = loser {
+        tracing::debug!(peer = %est.peer.short(), "duplicate connection: keeping the one with the smaller handshake hash");
+        l.0.begin_close(CloseReason::Duplicate);
+    }
+    Ok(winner)
+}
+
+async fn accept_loop(
+    inner: std::sync::Weak<Inner>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) {
+    loop {
+        // Wait for a handshake slot before accepting: beyond the limit,
+        // connections wait in the kernel's queue instead of in our memory.
+        let permits = match inner.upgrade() {
+            Some(i) => i.handshake_permits.clone(),
+            None => return,
+        };
+        let permit = tokio::select! {
+            p = permits.acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            () = shutdown.cancelled() => return,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = shutdown.cancelled() => return,
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        let (mut stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let guard = {
+            let mut r = inner.registry();
+            if r.inbound + r.pending_inbound >= inner.config.max_inbound {
+                tracing::info!(%peer, limit = inner.config.max_inbound, "refusing inbound connection: limit reached");
+                drop(r);
+                drop(stream);
+                continue;
+            }
+            r.pending_inbound += 1;
+            PendingGuard {
+                inner: inner.clone(),
+                inbound: true,
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let span = tracing::info_span!("accept", %peer);
+        let inner2 = inner.clone();
+        inner.tracker.spawn(
+            async move {
+                let _permit = permit;
+                let _guard = guard;
+                let opts = HandshakeOptions {
+                    local: &inner2.local,
+                    role: Role::Responder,
+                    expected: None,
+                    peer_addr: peer,
+                    want_plaintext: false,
+                    allow_plaintext: inner2.config.allow_plaintext || inner2.config.plaintext,
+                };
+                let res = tokio::select! {
+                    r = tokio::time::timeout(inner2.config.handshake_timeout, handshake::run(&mut stream, opts)) => r,
+                    () = inner2.shutdown.cancelled() => return,
+                };
+                match res {
+                    Ok(Ok(est)) => {
+                        if let Err(e) = register(&inner2, stream, est, Direction::Inbound) {
+                            tracing::debug!(error = %e, "inbound connection not registered");
+                        }
+                    }
+                    Ok(Err(e)) => tracing::info!(error = %e, "inbound handshake failed"),
+                    Err(_) => tracing::info!("inbound handshake timed out; dropping the peer"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+}

@@ -1,0 +1,94 @@
+//! TCP sockets with port reuse.
+//!
+//! The listener and every outgoing connection are bound to the same local port
+//! with `SO_REUSEADDR` and `SO_REUSEPORT`, so that the port a NAT maps for our
+//! outgoing connections is the one we advertise, which TCP hole punching
+//! (simultaneous open) depends on. When the 4-tuple is already in use the
+//! kernel refuses the connect with `EADDRNOTAVAIL`; then we dial again from a
+//! fresh port.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// Listen backlog: room for a burst of connections while handshakes run.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+fn reuse_socket(addr: SocketAddr) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    #[cfg(all(unix, not(any(target_os = "solaris", target_os = "illumos"))))]
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+/// Binds a listener with port reuse.
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let s = reuse_socket(addr)?;
+    s.bind(&addr.into())?;
+    s.listen(LISTEN_BACKLOG as i32)?;
+    TcpListener::from_std(s.into())
+}
+
+/// Connects to `peer` from `local` (port reuse). If the kernel says the
+/// 4-tuple is taken (`EADDRNOTAVAIL`) or the local port cannot be shared
+/// (`EADDRINUSE`), dials again from a fresh port. Returns the stream and
+/// whether the fallback was used.
+pub async fn connect(
+    local: SocketAddr,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> io::Result<(TcpStream, bool)> {
+    let attempt = async {
+        match connect_from(Some(local), peer).await {
+            Ok(s) => Ok((s, false)),
+            Err(e)
+                if e.kind() == io::ErrorKind::AddrNotAvailable
+                    || e.kind() == io::ErrorKind::AddrInUse =>
+            {
+                tracing::debug!(%peer, error = %e, "port reuse refused; dialing from a fresh port");
+                connect_from(None, peer).await.map(|s| (s, true))
+            }
+            Err(e) => Err(e),
+        }
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+async fn connect_from(local: Option<SocketAddr>, peer: SocketAddr) -> io::Result<TcpStream> {
+    let s = match local {
+        Some(local) => {
+            // Bind to the listen port, on the wildcard or the same address
+            // family as the peer.
+            let local = match (local, peer) {
+                (SocketAddr::V4(_), SocketAddr::V4(_)) | (SocketAddr::V6(_), SocketAddr::V6(_)) => {
+                    local
+                }
+                (_, p) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrNotAvailable,
+                        format!("listen address family differs from {p}"),
+                    ));
+                }
+            };
+            let s = reuse_socket(local)?;
+            s.bind(&local.into())?;
+            s
+        }
+        None => {
+            let s = Socket::new(Domain::for_address(peer), Type::STREAM, Some(Protocol::TCP))?;
+            s.set_nonblocking(true)?;
+            s
+        }
+    };
+    let s = TcpSocket::from_std_stream(s.into());
+    let stream = s.connect(peer).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
