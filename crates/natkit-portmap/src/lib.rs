@@ -1,0 +1,67 @@
+//! Port mapping for natkit: ask the home router (the gateway) to forward an
+//! external port to us, so that peers can connect in directly.
+//!
+//! natkit maps ports with whichever of three protocols the gateway speaks,
+//! preferring PCP (RFC 6887), then NAT-PMP (RFC 6886), then UPnP IGD. The
+//! full client finds the default gateway, probes all three in parallel, asks
+//! for a mapping (the previous external port first), keeps the lease alive by
+//! renewing at half its lifetime, re-creates it when the gateway restarts and
+//! removes it cleanly on shutdown. It also reports whether the external
+//! address is public, to detect double NAT and carrier-grade NAT.
+//!
+//! This version is the sans-I/O core: the NAT-PMP and PCP wire codecs, the
+//! gateway types and a deterministic lease scheduler. Nothing here opens a
+//! socket or reads a clock. The tokio client, UPnP through `igd-next`,
+//! gateway discovery through `netdev` and the CLI come next, as thin drivers
+//! around these pieces.
+//!
+//! # Layout
+//! - [`natpmp`]: NAT-PMP requests and responses ([`natpmp::Request`],
+//!   [`natpmp::Response`], [`natpmp::ResultCode`]) and the RFC's
+//!   retransmission schedule ([`natpmp::RETRANSMIT_SCHEDULE`]).
+//! - [`pcp`]: PCP requests and responses with the MAP and ANNOUNCE opcodes
+//!   ([`pcp::Request`], [`pcp::Response`], [`pcp::OpData`]), options
+//!   ([`pcp::PcpOption`]), result codes ([`pcp::ResultCode`]), response
+//!   matching ([`pcp::Response::check_answers`]) and retransmission timers.
+//! - [`lease`]: [`lease::LeaseScheduler`], the state machine that says when to
+//!   create, renew and give up on one mapping, with retry backoff and the
+//!   gateway-restart check ([`lease::EpochTracker`]).
+//! - [`gateway`]: [`gateway::Protocol`], [`gateway::Method`] (in preference
+//!   order), [`gateway::Mapping`] and [`gateway::is_global_ipv4`].
+//!
+//! Every `parse` in this crate never panics on any input, and `emit` is its
+//! inverse (property tests and the `pcp_parse` fuzz target check both).
+//!
+//! # Example
+//! ```
+//! use natkit_portmap::gateway::Protocol;
+//! use natkit_portmap::natpmp::{Request, Response, ResultCode};
+//!
+//! // Ask for UDP 5000 -> 5000 for two hours; send this to gateway:5351.
+//! let req = Request::Map {
+//!     protocol: Protocol::Udp,
+//!     internal_port: 5000,
+//!     suggested_external_port: 5000,
+//!     lifetime_secs: 7200,
+//! };
+//! assert_eq!(req.emit(), [0, 1, 0, 0, 0x13, 0x88, 0x13, 0x88, 0, 0, 0x1c, 0x20]);
+//!
+//! // The gateway's answer: mapped to external port 6000 for one hour.
+//! let bytes = [0, 129, 0, 0, 0, 0, 0, 42, 0x13, 0x88, 0x17, 0x70, 0, 0, 0x0e, 0x10];
+//! let resp = Response::parse(&bytes).unwrap();
+//! assert!(resp.answers(&req));
+//! assert_eq!(resp.result(), ResultCode::Success);
+//! let Response::Map { external_port, lifetime_secs, epoch_secs, .. } = resp else {
+//!     panic!("not a mapping response");
+//! };
+//! assert_eq!((external_port, lifetime_secs, epoch_secs), (6000, 3600, 42));
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod gateway;
+pub mod lease;
+pub mod natpmp;
+pub mod pcp;
+mod wire;
