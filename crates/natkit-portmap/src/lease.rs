@@ -82,8 +82,11 @@ impl EpochTracker {
         let Some((prev, prev_at)) = self.last.replace((epoch_secs, now)) else {
             return EpochVerdict::First;
         };
-        let client_ms = i128::try_from(now.saturating_duration_since(prev_at).as_millis())
-            .unwrap_or(i128::MAX / 2);
+        // Capped at u64::MAX ms (585 million years), so the i128 sums below
+        // cannot overflow.
+        let client_ms = i128::from(
+            u64::try_from(now.saturating_duration_since(prev_at).as_millis()).unwrap_or(u64::MAX),
+        );
         let (cur, prev) = (i128::from(epoch_secs), i128::from(prev));
         let lost = match self.rule {
             EpochRule::NatPmp => {
