@@ -21,6 +21,7 @@
 //! - [`bep44`]: item targets, the signed buffer, [`bep44::MutableItem`] signing and
 //!   verification, and the limits mapped to BEP 44 error codes.
 //! - [`bep42`]: secure node ids from an external IP, the compliance check and exempt ranges.
+//! - [`routing`]: the BEP 5 routing table (k-buckets, good/questionable/bad, refresh, save/load).
 //!
 //! # Example
 //! ```
@@ -50,6 +51,7 @@ pub mod bep42;
 pub mod bep44;
 pub mod id;
 pub mod krpc;
+pub mod routing;
 
 pub use bencode::Value;
 pub use id::{Distance, Id, NodeInfo, NodeInfo6};

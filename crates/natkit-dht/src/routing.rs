@@ -1,0 +1,493 @@
+//! The routing table: k-buckets over the 160-bit XOR space (BEP 5), sans-I/O.
+//!
+//! Buckets are kept as a list indexed by the length of the prefix a node's id shares with ours:
+//! bucket `i` holds nodes sharing exactly `i` leading bits, and the last bucket holds every node
+//! sharing at least `len - 1` bits. That last bucket is the one "covering our own id", and it is
+//! the only one that splits (BEP 5): when it is full, the nodes sharing one more bit move to a
+//! new last bucket.
+//!
+//! Time is passed in (`now: Instant`); nothing here sends packets. When a full bucket holds a
+//! questionable node, [`RoutingTable::insert`] says which one to ping ([`Insert::PingFirst`]);
+//! the caller pings it and reports the result with [`RoutingTable::heard_from`] or
+//! [`RoutingTable::failed`]. The new node waits as the bucket's replacement and takes the
+//! questionable node's place once that one turns bad.
+
+use std::net::SocketAddrV4;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::bencode::{self, Value};
+use crate::id::{ID_BYTES, Id, NodeInfo, decode_nodes, encode_nodes};
+
+/// Nodes per bucket. BEP 5 says 8; `mainline` uses 20. natkit uses 8: with α = 3 a lookup
+/// terminates once the k closest answered, and the simulation in the DHT notes gives ~4 rounds
+/// and ~11 queries per lookup at k = 8 against ~7.5 rounds and ~21 queries at k = 20 for
+/// 1,000 nodes, while BEP 44 items are still stored on 8 nodes (libtorrent's choice too).
+pub const K: usize = 8;
+
+/// Number of bits in an id, hence the most buckets a table can have.
+pub const ID_BITS: usize = ID_BYTES * 8;
+
+/// A node that answered us within this long is good; after this long without activity it is
+/// questionable (BEP 5: 15 minutes).
+pub const GOOD_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// Consecutive failed queries after which a node is bad. BEP 5 says "several"; 2 means a
+/// questionable node gets a ping and one retry before it can be evicted.
+pub const BAD_AFTER_FAILURES: u32 = 2;
+
+/// A bucket that has not changed for this long is refreshed with a `find_node` on a random id
+/// in its range (BEP 5: 15 minutes).
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(15 * 60);
+
+/// Largest routing-table file accepted by [`RoutingTable::load`], in bytes: 160 full buckets of
+/// 26-byte compact nodes plus framing is ~33 KiB; anything far larger is not ours.
+pub const MAX_TABLE_FILE_BYTES: usize = 64 * 1024;
+
+/// BEP 5 node status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Answered us within [`GOOD_WINDOW`], or answered us once and queried us within it.
+    Good,
+    /// Not known to be good and not bad.
+    Questionable,
+    /// Failed [`BAD_AFTER_FAILURES`] queries in a row.
+    Bad,
+}
+
+/// One routing-table entry.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The node.
+    pub node: NodeInfo,
+    /// When it last answered one of our queries.
+    pub last_response: Option<Instant>,
+    /// When it last sent us a query.
+    pub last_query: Option<Instant>,
+    /// When we last heard anything from it (or added it).
+    pub last_seen: Instant,
+    /// Consecutive failed queries.
+    pub failures: u32,
+}
+
+impl Entry {
+    fn new(node: NodeInfo, now: Instant) -> Self {
+        Entry {
+            node,
+            last_response: None,
+            last_query: None,
+            last_seen: now,
+            failures: 0,
+        }
+    }
+
+    /// The node's BEP 5 status at `now`.
+    pub fn status(&self, now: Instant) -> Status {
+        let recent = |t: Option<Instant>| t.is_some_and(|t| now.duration_since(t) < GOOD_WINDOW);
+        if self.failures >= BAD_AFTER_FAILURES {
+            Status::Bad
+        } else if recent(self.last_response)
+            || (self.last_response.is_some() && recent(self.last_query))
+        {
+            Status::Good
+        } else {
+            Status::Questionable
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Bucket {
+    entries: Vec<Entry>,
+    /// A node waiting for a questionable entry to turn bad.
+    replacement: Option<NodeInfo>,
+    last_changed: Instant,
+}
+
+impl Bucket {
+    fn new(now: Instant) -> Self {
+        Bucket {
+            entries: Vec::with_capacity(K),
+            replacement: None,
+            last_changed: now,
+        }
+    }
+}
+
+/// How a node was heard from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contact {
+    /// It answered one of our queries: proof that it is reachable.
+    Response,
+    /// It sent us a query (not read-only): added as questionable until it answers us.
+    Query,
+    /// Learnt from a third party (a `nodes` list or a saved table): added as questionable.
+    Hearsay,
+}
+
+/// What [`RoutingTable::heard_from`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Insert {
+    /// The node was added.
+    Added,
+    /// The node was already there; its timestamps were updated.
+    Updated,
+    /// The node took the place of this bad node.
+    Replaced(NodeInfo),
+    /// The bucket is full but holds this questionable node: ping it. The new node waits as the
+    /// bucket's replacement and gets in if the questionable one turns bad.
+    PingFirst(NodeInfo),
+    /// The bucket is full of good nodes (or the node is not one we accept): dropped.
+    Dropped,
+}
+
+/// Why a routing-table file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TableFileError {
+    /// Reading or writing the file failed.
+    #[error("routing table file: {0}")]
+    Io(#[from] std::io::Error),
+    /// The file is larger than [`MAX_TABLE_FILE_BYTES`].
+    #[error("routing table file is {len} bytes, over the {MAX_TABLE_FILE_BYTES}-byte limit")]
+    TooBig {
+        /// Its length.
+        len: usize,
+    },
+    /// The file is not a bencoded `{id, nodes}` dictionary.
+    #[error("routing table file is malformed: {0}")]
+    Malformed(&'static str),
+}
+
+/// The saved form of a table: our id and the nodes it held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedTable {
+    /// Our node id.
+    pub id: Id,
+    /// The nodes, closest buckets last.
+    pub nodes: Vec<NodeInfo>,
+}
+
+impl SavedTable {
+    /// Bencodes as `d2:id20:<id>5:nodes<compact nodes>e`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut d = std::collections::BTreeMap::new();
+        d.insert(b"id".to_vec(), Value::Bytes(self.id.0.to_vec()));
+        d.insert(b"nodes".to_vec(), Value::Bytes(encode_nodes(&self.nodes)));
+        bencode::emit(&Value::Dict(d))
+    }
+
+    /// Parses what [`SavedTable::to_bytes`] wrote; anything else is a typed error.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, TableFileError> {
+        if bytes.len() > MAX_TABLE_FILE_BYTES {
+            return Err(TableFileError::TooBig { len: bytes.len() });
+        }
+        let value =
+            bencode::parse(bytes).map_err(|_| TableFileError::Malformed("not valid bencode"))?;
+        let id = value
+            .get(b"id")
+            .and_then(Value::as_bytes)
+            .and_then(Id::from_slice)
+            .ok_or(TableFileError::Malformed("no 20-byte `id`"))?;
+        let nodes = value
+            .get(b"nodes")
+            .and_then(Value::as_bytes)
+            .ok_or(TableFileError::Malformed("no `nodes` string"))?;
+        let nodes = decode_nodes(nodes)
+            .map_err(|_| TableFileError::Malformed("`nodes` is not a list of 26-byte nodes"))?;
+        Ok(SavedTable { id, nodes })
+    }
+
+    /// Writes the table to `path` (through a temporary file, then a rename).
+    pub fn save(&self, path: &Path) -> Result<(), TableFileError> {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, self.to_bytes())?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+
+    /// Reads a table saved by [`SavedTable::save`].
+    pub fn load(path: &Path) -> Result<Self, TableFileError> {
+        let len = std::fs::metadata(path)?.len();
+        if len > MAX_TABLE_FILE_BYTES as u64 {
+            return Err(TableFileError::TooBig {
+                len: usize::try_from(len).unwrap_or(usize::MAX),
+            });
+        }
+        Self::from_bytes(&std::fs::read(path)?)
+    }
+}
+
+/// A BEP 5 routing table around our own id.
+#[derive(Clone, Debug)]
+pub struct RoutingTable {
+    own: Id,
+    buckets: Vec<Bucket>,
+}
+
+impl RoutingTable {
+    /// An empty table for `own` id.
+    pub fn new(own: Id, now: Instant) -> Self {
+        RoutingTable {
+            own,
+            buckets: vec![Bucket::new(now)],
+        }
+    }
+
+    /// Our id.
+    pub fn own_id(&self) -> Id {
+        self.own
+    }
+
+    /// Number of nodes held.
+    pub fn len(&self) -> usize {
+        self.buckets.iter().map(|b| b.entries.len()).sum()
+    }
+
+    /// True when no node is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of buckets (1 + number of splits).
+    pub fn bucket_count(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Every entry, farthest bucket first.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.buckets.iter().flat_map(|b| b.entries.iter())
+    }
+
+    /// The entry for `id`, if held.
+    pub fn get(&self, id: &Id) -> Option<&Entry> {
+        let b = self.bucket_of(id)?;
+        self.buckets
+            .get(b)?
+            .entries
+            .iter()
+            .find(|e| e.node.id == *id)
+    }
+
+    fn bucket_of(&self, id: &Id) -> Option<usize> {
+        if *id == self.own {
+            return None;
+        }
+        let shared = usize::try_from(self.own.distance(id).leading_zeros()).ok()?;
+        Some(shared.min(self.buckets.len() - 1))
+    }
+
+    /// Records that `node` was heard from at `now` and adds it if there is room (BEP 5 rules).
+    /// Our own id is never added; callers must not pass read-only (BEP 43) senders.
+    pub fn heard_from(&mut self, node: NodeInfo, contact: Contact, now: Instant) -> Insert {
+        let Some(mut b) = self.bucket_of(&node.id) else {
+            return Insert::Dropped;
+        };
+        loop {
+            let count = self.buckets.len();
+            let bucket = &mut self.buckets[b];
+            if let Some(e) = bucket.entries.iter_mut().find(|e| e.node.id == node.id) {
+                if e.node.addr != node.addr {
+                    // Same id from a new address: only a response (proof of reachability)
+                    // may move it, and only once the old address stopped answering.
+                    if contact != Contact::Response || e.status(now) == Status::Good {
+                        return Insert::Dropped;
+                    }
+                    e.node.addr = node.addr;
+                }
+                match contact {
+                    Contact::Response => {
+                        e.last_response = Some(now);
+                        e.failures = 0;
+                        e.last_seen = now;
+                    }
+                    Contact::Query => {
+                        e.last_query = Some(now);
+                        e.last_seen = now;
+                    }
+                    Contact::Hearsay => {}
+                }
+                bucket.last_changed = now;
+                return Insert::Updated;
+            }
+            let mut entry = Entry::new(node, now);
+            match contact {
+                Contact::Response => entry.last_response = Some(now),
+                Contact::Query => entry.last_query = Some(now),
+                Contact::Hearsay => {}
+            }
+            if bucket.entries.len() < K {
+                bucket.entries.push(entry);
+                bucket.last_changed = now;
+                return Insert::Added;
+            }
+            if b == count - 1 && count < ID_BITS {
+                self.split();
+                b = self.bucket_of(&node.id).unwrap_or(b);
+                continue;
+            }
+            if let Some(i) = bucket
+                .entries
+                .iter()
+                .position(|e| e.status(now) == Status::Bad)
+            {
+                let old = std::mem::replace(&mut bucket.entries[i], entry);
+                bucket.last_changed = now;
+                return Insert::Replaced(old.node);
+            }
+            // Only a node that proved reachable may push out a questionable one.
+            if contact == Contact::Hearsay {
+                return Insert::Dropped;
+            }
+            let questionable = bucket
+                .entries
+                .iter()
+                .filter(|e| e.status(now) == Status::Questionable)
+                .min_by_key(|e| e.last_seen);
+            return match questionable {
+                Some(q) => {
+                    let q = q.node;
+                    bucket.replacement = Some(node);
+                    Insert::PingFirst(q)
+                }
+                None => Insert::Dropped,
+            };
+        }
+    }
+
+    fn split(&mut self) {
+        let last = self.buckets.len() - 1;
+        let own = self.own;
+        let now = self.buckets[last].last_changed;
+        let mut new = Bucket::new(now);
+        let old = &mut self.buckets[last];
+        let (stay, go): (Vec<Entry>, Vec<Entry>) = old
+            .entries
+            .drain(..)
+            .partition(|e| own.distance(&e.node.id).leading_zeros() as usize == last);
+        old.entries = stay;
+        new.entries = go;
+        self.buckets.push(new);
+    }
+
+    /// Records a failed query to `id` at `now`. If that makes it bad and its bucket has a
+    /// replacement waiting, the replacement takes its place (returned).
+    pub fn failed(&mut self, id: &Id, now: Instant) -> Option<NodeInfo> {
+        let b = self.bucket_of(id)?;
+        let bucket = self.buckets.get_mut(b)?;
+        let i = bucket.entries.iter().position(|e| e.node.id == *id)?;
+        bucket.entries[i].failures = bucket.entries[i].failures.saturating_add(1);
+        if bucket.entries[i].status(now) == Status::Bad {
+            if let Some(rep) = bucket.replacement.take() {
+                bucket.entries[i] = Entry::new(rep, now);
+                bucket.last_changed = now;
+                return Some(rep);
+            }
+        }
+        None
+    }
+
+    /// Removes `id` (e.g. a node that answered with a different id).
+    pub fn remove(&mut self, id: &Id) -> Option<NodeInfo> {
+        let b = self.bucket_of(id)?;
+        let bucket = self.buckets.get_mut(b)?;
+        let i = bucket.entries.iter().position(|e| e.node.id == *id)?;
+        Some(bucket.entries.remove(i).node)
+    }
+
+    /// Up to `n` non-bad nodes closest to `target`, closest first.
+    pub fn closest(&self, target: &Id, n: usize, now: Instant) -> Vec<NodeInfo> {
+        let mut all: Vec<NodeInfo> = self
+            .entries()
+            .filter(|e| e.status(now) != Status::Bad)
+            .map(|e| e.node)
+            .collect();
+        all.sort_by_key(|node| target.distance(&node.id));
+        all.truncate(n);
+        all
+    }
+
+    /// Nodes that are questionable at `now`, least recently seen first (to ping).
+    pub fn questionable(&self, now: Instant) -> Vec<NodeInfo> {
+        let mut q: Vec<&Entry> = self
+            .entries()
+            .filter(|e| e.status(now) == Status::Questionable)
+            .collect();
+        q.sort_by_key(|e| e.last_seen);
+        q.into_iter().map(|e| e.node).collect()
+    }
+
+    /// Indices of buckets not changed for [`REFRESH_INTERVAL`] at `now`.
+    pub fn buckets_to_refresh(&self, now: Instant) -> Vec<usize> {
+        (0..self.buckets.len())
+            .filter(|&i| now.duration_since(self.buckets[i].last_changed) >= REFRESH_INTERVAL)
+            .collect()
+    }
+
+    /// When the next bucket refresh is due.
+    pub fn next_refresh(&self) -> Instant {
+        self.buckets
+            .iter()
+            .map(|b| b.last_changed + REFRESH_INTERVAL)
+            .min()
+            .unwrap_or_else(Instant::now)
+    }
+
+    /// A target in bucket `index`'s range built from `random` bytes, and marks the bucket as
+    /// refreshed at `now` (the caller then runs `find_node` on it).
+    pub fn refresh_target(&mut self, index: usize, random: [u8; ID_BYTES], now: Instant) -> Id {
+        let mut out = random;
+        let last = self.buckets.len() - 1;
+        for bit in 0..index.min(ID_BITS) {
+            set_bit(&mut out, bit, get_bit(&self.own.0, bit));
+        }
+        if index < last {
+            set_bit(&mut out, index, !get_bit(&self.own.0, index));
+        }
+        if let Some(b) = self.buckets.get_mut(index) {
+            b.last_changed = now;
+        }
+        Id(out)
+    }
+
+    /// The table's saved form.
+    pub fn to_saved(&self) -> SavedTable {
+        SavedTable {
+            id: self.own,
+            nodes: self.entries().map(|e| e.node).collect(),
+        }
+    }
+
+    /// A table from a saved form: its nodes come back questionable (they must answer again
+    /// before they count as good).
+    pub fn from_saved(saved: &SavedTable, now: Instant) -> Self {
+        let mut t = RoutingTable::new(saved.id, now);
+        for n in &saved.nodes {
+            t.heard_from(*n, Contact::Hearsay, now);
+        }
+        t
+    }
+}
+
+fn get_bit(bytes: &[u8; ID_BYTES], bit: usize) -> bool {
+    bytes[bit / 8] & (0x80 >> (bit % 8)) != 0
+}
+
+fn set_bit(bytes: &mut [u8; ID_BYTES], bit: usize, on: bool) {
+    if on {
+        bytes[bit / 8] |= 0x80 >> (bit % 8);
+    } else {
+        bytes[bit / 8] &= !(0x80 >> (bit % 8));
+    }
+}
+
+/// A node on 127.0.0.1 with `port`, for tests and examples.
+pub fn loopback_node(id: Id, port: u16) -> NodeInfo {
+    NodeInfo {
+        id,
+        addr: SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port),
+    }
+}
+
+#[cfg(test)]
+#[path = "routing_tests.rs"]
+mod tests;
