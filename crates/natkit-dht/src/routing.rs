@@ -376,12 +376,12 @@ impl RoutingTable {
         let bucket = self.buckets.get_mut(b)?;
         let i = bucket.entries.iter().position(|e| e.node.id == *id)?;
         bucket.entries[i].failures = bucket.entries[i].failures.saturating_add(1);
-        if bucket.entries[i].status(now) == Status::Bad {
-            if let Some(rep) = bucket.replacement.take() {
-                bucket.entries[i] = Entry::new(rep, now);
-                bucket.last_changed = now;
-                return Some(rep);
-            }
+        if bucket.entries[i].status(now) == Status::Bad
+            && let Some(rep) = bucket.replacement.take()
+        {
+            bucket.entries[i] = Entry::new(rep, now);
+            bucket.last_changed = now;
+            return Some(rep);
         }
         None
     }
