@@ -22,6 +22,8 @@
 //!   verification, and the limits mapped to BEP 44 error codes.
 //! - [`bep42`]: secure node ids from an external IP, the compliance check and exempt ranges.
 //! - [`routing`]: the BEP 5 routing table (k-buckets, good/questionable/bad, refresh, save/load).
+//! - [`server`]: answers queries (tokens, BEP 44 rules, `ip`, custom `natkit.*` handlers).
+//! - [`storage`]: announced peers and BEP 44 items with limits and expiry.
 //!
 //! # Example
 //! ```
@@ -52,6 +54,8 @@ pub mod bep44;
 pub mod id;
 pub mod krpc;
 pub mod routing;
+pub mod server;
+pub mod storage;
 
 pub use bencode::Value;
 pub use id::{Distance, Id, NodeInfo, NodeInfo6};
