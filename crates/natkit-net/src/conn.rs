@@ -95,6 +95,7 @@ pub(crate) struct ConnShared {
     send: Mutex<SendState>,
     send_wake: Notify,
     send_space: Notify,
+    keeper_wake: Notify,
     recv: Mutex<RecvState>,
     recv_space: Notify,
     recv_ready: Notify,
@@ -363,6 +364,7 @@ impl ConnShared {
             }),
             send_wake: Notify::new(),
             send_space: Notify::new(),
+            keeper_wake: Notify::new(),
             recv: Mutex::new(RecvState {
                 lines: VecDeque::new(),
                 bytes: 0,
@@ -472,6 +474,7 @@ impl ConnShared {
         drop(st);
         self.send_wake.notify_one();
         self.send_space.notify_waiters();
+        self.keeper_wake.notify_one();
     }
 
     /// Ends at once: the reader and the writer stop where they are.
@@ -809,37 +812,51 @@ fn push_frame(
     }
 }
 
+/// Keepalive, dead-peer detection and the graceful-close deadline. Sleeps
+/// until the next thing that could be due (no periodic ticking, so idle
+/// connections cost no CPU between pings).
 async fn keep_loop(conn: &Arc<ConnShared>) {
     let l = &conn.limits;
-    let tick = (l.ping_after / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let ms = |d: Duration| d.as_millis() as u64;
     let mut pinged_at: Option<u64> = None;
     loop {
-        tokio::select! {
-            () = tokio::time::sleep(tick) => {}
-            () = conn.cancel.cancelled() => return,
-        }
         let now = conn.now_ms();
         let closing_since = conn.closing_since_ms.load(Ordering::Acquire);
-        if closing_since != u64::MAX
-            && now.saturating_sub(closing_since) > l.close_timeout.as_millis() as u64
-        {
+        if closing_since != u64::MAX && now.saturating_sub(closing_since) >= ms(l.close_timeout) {
             tracing::debug!("graceful close timed out");
             conn.cancel.cancel();
             return;
         }
         let last = conn.last_recv_ms.load(Ordering::Relaxed);
-        let idle = now.saturating_sub(last);
-        if idle >= l.dead_after.as_millis() as u64 {
-            tracing::info!(idle_ms = idle, "peer is dead: no answer to keepalives");
+        if now.saturating_sub(last) >= ms(l.dead_after) {
+            tracing::info!(
+                idle_ms = now - last,
+                "peer is dead: no answer to keepalives"
+            );
             conn.abort(CloseReason::DeadPeer);
             return;
         }
-        if idle >= l.ping_after.as_millis() as u64
-            && pinged_at.is_none_or(|p| p < last || now - p >= l.ping_after.as_millis() as u64)
-        {
+        // Ping after `ping_after` of silence, and again every `ping_after`
+        // while the silence lasts.
+        let next_ping = match pinged_at {
+            Some(p) if p >= last => p + ms(l.ping_after),
+            _ => last + ms(l.ping_after),
+        };
+        if now >= next_ping {
             pinged_at = Some(now);
             lock(&conn.send).ping_due = true;
             conn.send_wake.notify_one();
+            continue;
+        }
+        let mut next = next_ping.min(last + ms(l.dead_after));
+        if closing_since != u64::MAX {
+            next = next.min(closing_since + ms(l.close_timeout));
+        }
+        let sleep = Duration::from_millis(next.saturating_sub(now).max(1));
+        tokio::select! {
+            () = tokio::time::sleep(sleep) => {}
+            () = conn.keeper_wake.notified() => {}
+            () = conn.cancel.cancelled() => return,
         }
     }
 }

@@ -338,9 +338,15 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // The last handle is gone without shutdown: stop listening; connection
-        // tasks end on their own when their handles are dropped.
+        // The last handle is gone without `shutdown`: stop listening and close
+        // every connection (gracefully, in the background). Prefer calling
+        // `shutdown().await`, which also waits for the tasks to end.
         self.shutdown.cancel();
+        let r = self.registry.get_mut().unwrap_or_else(|e| e.into_inner());
+        for c in r.all.drain(..) {
+            c.0.begin_close(CloseReason::Shutdown);
+        }
+        r.by_id.clear();
     }
 }
 
