@@ -22,6 +22,8 @@
 //!   verification, and the limits mapped to BEP 44 error codes.
 //! - [`bep42`]: secure node ids from an external IP, the compliance check and exempt ranges.
 //! - [`routing`]: the BEP 5 routing table (k-buckets, good/questionable/bad, refresh, save/load).
+//! - [`lookup`]: iterative lookups (α in flight, RTT timeouts) for find_node/get_peers/get.
+//! - [`sim`]: an in-memory network of sans-I/O nodes for tests and benchmarks.
 //! - [`server`]: answers queries (tokens, BEP 44 rules, `ip`, custom `natkit.*` handlers).
 //! - [`storage`]: announced peers and BEP 44 items with limits and expiry.
 //!
@@ -53,8 +55,10 @@ pub mod bep42;
 pub mod bep44;
 pub mod id;
 pub mod krpc;
+pub mod lookup;
 pub mod routing;
 pub mod server;
+pub mod sim;
 pub mod storage;
 
 pub use bencode::Value;
