@@ -8,24 +8,8 @@ use std::time::Duration;
 use natkit::identity::Keypair;
 use natkit::net::{CloseReason, Net, NetConfig, NetEvent};
 
-fn example(name: &str) -> std::path::PathBuf {
-    // Integration tests live in target/<profile>/deps; examples beside it.
-    let mut p = std::env::current_exe().unwrap();
-    p.pop();
-    if p.ends_with("deps") {
-        p.pop();
-    }
-    p.join("examples").join(name)
-}
-
-fn build_examples() {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--examples"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
+mod common;
+use common::{build_examples, example};
 
 struct Listener {
     child: Child,
