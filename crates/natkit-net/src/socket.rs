@@ -92,3 +92,51 @@ async fn connect_from(local: Option<SocketAddr>, peer: SocketAddr) -> io::Result
     stream.set_nodelay(true)?;
     Ok(stream)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dials_from_the_listen_port_and_falls_back_when_the_4_tuple_is_taken() {
+        let server = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let server_addr = server.local_addr().unwrap();
+        let ours = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let local = ours.local_addr().unwrap();
+        let t = Duration::from_secs(5);
+
+        // First dial: from our listen port.
+        let (first, fresh) = connect(local, server_addr, t).await.unwrap();
+        assert!(!fresh);
+        assert_eq!(first.local_addr().unwrap(), local);
+        let (_accepted, _) = server.accept().await.unwrap();
+
+        // Same peer again while the first is open: the 4-tuple is taken, so
+        // the kernel refuses, and we dial from a fresh port instead.
+        let (second, fresh) = connect(local, server_addr, t).await.unwrap();
+        assert!(fresh);
+        assert_ne!(second.local_addr().unwrap().port(), local.port());
+        drop(first);
+    }
+
+    #[tokio::test]
+    async fn a_listener_and_dialers_share_the_port() {
+        // Listening and dialing from one port (the point of port reuse).
+        let ours = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let local = ours.local_addr().unwrap();
+        let mut peers = Vec::new();
+        for _ in 0..3 {
+            let p = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+            let (s, fresh) = connect(local, p.local_addr().unwrap(), Duration::from_secs(5))
+                .await
+                .unwrap();
+            assert!(!fresh);
+            assert_eq!(s.local_addr().unwrap().port(), local.port());
+            peers.push((p, s));
+        }
+        // And the listener still accepts.
+        let c = TcpStream::connect(local).await.unwrap();
+        let (a, _) = ours.accept().await.unwrap();
+        assert_eq!(a.peer_addr().unwrap(), c.local_addr().unwrap());
+    }
+}
