@@ -9,6 +9,7 @@
 //!   "who dials first" rule.
 //! - [`net`] (`natkit-net`): authenticated, line-based connections and the
 //!   connection manager (async and event-loop APIs).
+//! - [`portmap`] (`natkit-portmap`): port mapping with PCP, NAT-PMP and UPnP IGD.
 //! - `natkit-lab` (test support, not re-exported): the NAT lab in Linux network
 //!   namespaces that integration tests use.
 //! - [`cli`]: the `natkit` command-line tool (`src/main.rs` only calls it).
@@ -29,4 +30,5 @@ pub mod cli;
 
 pub use natkit_identity as identity;
 pub use natkit_net as net;
+pub use natkit_portmap as portmap;
 pub use natkit_unl as unl;

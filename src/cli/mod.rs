@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 pub mod identity;
+pub mod map;
 pub mod unl;
 
 /// Exit code for a runtime failure.
@@ -57,6 +58,8 @@ pub enum Command {
     /// Build and read UNLs (Universal Node Locators).
     #[command(subcommand)]
     Unl(unl::UnlCommand),
+    /// Map a port on the home router (PCP, NAT-PMP or UPnP).
+    Map(map::MapCommand),
 }
 
 /// Runs the tool with the process's arguments and returns the exit code.
@@ -115,6 +118,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Showid => identity::showid(cli),
         Command::Unl(cmd) => unl::run(cli, cmd),
+        Command::Map(cmd) => map::run(cli, cmd),
     }
 }
 

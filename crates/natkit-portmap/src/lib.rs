@@ -9,11 +9,12 @@
 //! removes it cleanly on shutdown. It also reports whether the external
 //! address is public, to detect double NAT and carrier-grade NAT.
 //!
-//! This version is the sans-I/O core: the NAT-PMP and PCP wire codecs, the
-//! gateway types and a deterministic lease scheduler. Nothing here opens a
-//! socket or reads a clock. The tokio client, UPnP through `igd-next`,
-//! gateway discovery through `netdev` and the CLI come next, as thin drivers
-//! around these pieces.
+//! The protocol logic is sans-I/O: the NAT-PMP and PCP wire codecs, the
+//! gateway types and a deterministic lease scheduler open no socket and read
+//! no clock. The tokio [`Client`] is a thin driver around them (UPnP through
+//! `igd-next`, gateway discovery through `netdev`), with a blocking facade
+//! for programs without a runtime. Nothing is sent until a client method is
+//! called.
 //!
 //! # Layout
 //! - [`natpmp`]: NAT-PMP requests and responses ([`natpmp::Request`],
@@ -28,6 +29,14 @@
 //!   gateway-restart check ([`lease::EpochTracker`]).
 //! - [`gateway`]: [`gateway::Protocol`], [`gateway::Method`] (in preference
 //!   order), [`gateway::Mapping`] and [`gateway::is_global_ipv4`].
+//! - [`Client`] (`client/`): the tokio client: [`Config`], [`Client::probe`],
+//!   [`Client::map`] returning a [`MappingHandle`] whose task renews the
+//!   lease and whose external address is watchable, [`Client::remove`],
+//!   [`Client::list`] (UPnP only). Every wait has a timeout.
+//! - [`blocking`]: [`blocking::BlockingClient`], the same without a runtime
+//!   (the `natkit map` CLI uses it).
+//! - [`Error`]: typed errors (timeouts, NAT-PMP/PCP result codes, UPnP error
+//!   codes), each with advice.
 //!
 //! Every `parse` in this crate never panics on any input, and `emit` is its
 //! inverse (property tests and the `pcp_parse` fuzz target check both).
@@ -60,8 +69,18 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod blocking;
+mod client;
+mod error;
 pub mod gateway;
 pub mod lease;
 pub mod natpmp;
 pub mod pcp;
 mod wire;
+
+pub use client::{
+    Client, Config, DEFAULT_DESCRIPTION, DEFAULT_LEASE, DEFAULT_PROBE_TIMEOUT,
+    DEFAULT_REQUEST_TIMEOUT, MappingEvent, MappingHandle, MappingStatus, MethodProbe, ProbeReport,
+    UpnpEntry,
+};
+pub use error::{Error, upnp_advice};
