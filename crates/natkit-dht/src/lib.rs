@@ -4,10 +4,11 @@
 //! the same messages. Speaking the Mainline format means natkit nodes can use, and be found
 //! through, the public BitTorrent DHT as well as a private one.
 //!
-//! This version holds the **wire layer** only: sans-I/O, no sockets, no clocks, no tasks.
-//! Every decoder takes bytes and returns a typed value or a typed error, never panics on any
-//! input, and has an `emit` that is its exact inverse. The routing table, iterative lookups,
-//! token and storage handling and the tokio driver come next, on top of these types.
+//! Everything but [`dht`] is sans-I/O: no sockets, no clocks, no tasks; time comes in as
+//! `now: Instant`. Every decoder takes bytes and returns a typed value or a typed error, never
+//! panics on any input, and has an `emit` that is its exact inverse. [`core::Core`] combines
+//! the routing table, server, lookups and storage into one state machine that [`dht::Dht`]
+//! drives with one tokio task and one UDP socket.
 //!
 //! # Layout
 //! - [`bencode`]: the [`bencode::Value`] type, a lenient [`bencode::parse`] for datagrams from
@@ -21,6 +22,9 @@
 //! - [`bep44`]: item targets, the signed buffer, [`bep44::MutableItem`] signing and
 //!   verification, and the limits mapped to BEP 44 error codes.
 //! - [`bep42`]: secure node ids from an external IP, the compliance check and exempt ranges.
+//! - [`core`]: the whole node as one deterministic state machine (datagrams, requests, time).
+//! - [`dht`]: the tokio driver and API ([`dht::Dht::builder`]); [`testnet`]: n nodes on loopback.
+//! - [`stats`]: counters, observed address, per-source rate limit.
 //! - [`routing`]: the BEP 5 routing table (k-buckets, good/questionable/bad, refresh, save/load).
 //! - [`lookup`]: iterative lookups (α in flight, RTT timeouts) for find_node/get_peers/get.
 //! - [`sim`]: an in-memory network of sans-I/O nodes for tests and benchmarks.
@@ -53,13 +57,17 @@
 pub mod bencode;
 pub mod bep42;
 pub mod bep44;
+pub mod core;
+pub mod dht;
 pub mod id;
 pub mod krpc;
 pub mod lookup;
 pub mod routing;
 pub mod server;
 pub mod sim;
+pub mod stats;
 pub mod storage;
+pub mod testnet;
 
 pub use bencode::Value;
 pub use id::{Distance, Id, NodeInfo, NodeInfo6};

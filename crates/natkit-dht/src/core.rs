@@ -1,0 +1,653 @@
+//! The whole node as one deterministic state machine: routing table, server, lookups,
+//! transactions, puts and maintenance. Inputs are datagrams ([`Core::handle_datagram`]),
+//! requests ([`Core::start`]) and the passing of time ([`Core::handle_timeout`]), each with
+//! `now`; outputs are datagrams ([`Core::poll_transmit`]), finished requests
+//! ([`Core::poll_event`]) and the next deadline ([`Core::next_deadline`]). The tokio driver in
+//! [`crate::dht`] only moves bytes and sleeps.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use crate::bencode::Value;
+use crate::bep44::{self, MutableItem};
+use crate::id::{Id, NodeInfo};
+use crate::krpc::{self, Kind, KrpcError, Message, PUBLIC_KEY_BYTES, PutItem, Query, Response};
+use crate::lookup::{K, Lookup, LookupKind, RttEstimator};
+use crate::routing::{Contact, Insert, RoutingTable};
+use crate::server::{CLIENT_VERSION, Server};
+use crate::sim::SplitMix;
+use crate::stats::{ObservedAddress, RateLimiter, Stats};
+
+/// How long a lookup's request stays matchable after it was sent: past its lookup timeout a
+/// late answer is still used, up to this.
+pub const TRANSACTION_LIFETIME: Duration = Duration::from_secs(4);
+
+/// How often expired peers and items are dropped from storage.
+pub const STORAGE_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Requests running at once (lookups and puts); more are refused with [`Outcome::Busy`], so a
+/// caller cannot make the node hold unbounded state.
+pub const MAX_OPERATIONS: usize = 256;
+
+/// Identifies a request given to [`Core::start`].
+pub type OpId = u64;
+
+/// What to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// `find_node` on our own id, starting from these addresses (ids unknown) and the table.
+    Bootstrap(Vec<SocketAddrV4>),
+    /// The closest nodes to a target.
+    FindNode(Id),
+    /// Peers for an info-hash.
+    GetPeers(Id),
+    /// Announce ourselves as a peer for an info-hash (`None`: the UDP source port).
+    Announce(Id, Option<u16>),
+    /// A BEP 44 immutable item.
+    GetImmutable(Id),
+    /// A BEP 44 mutable item.
+    GetMutable {
+        /// Public key.
+        k: [u8; PUBLIC_KEY_BYTES],
+        /// Salt (empty for none).
+        salt: Vec<u8>,
+        /// Only an item with a higher `seq` is wanted.
+        more_recent_than: Option<i64>,
+    },
+    /// Store an immutable value on the closest nodes.
+    PutImmutable(Value),
+    /// Store a signed item on the closest nodes.
+    PutMutable(MutableItem, Option<i64>),
+}
+
+/// The result of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Closest nodes that answered.
+    Nodes(Vec<NodeInfo>),
+    /// Peers found.
+    Peers(Vec<SocketAddr>),
+    /// The immutable value, if found.
+    Immutable(Option<Value>),
+    /// The mutable item with the highest `seq` found.
+    Mutable(Option<MutableItem>),
+    /// A put or announce: how many nodes accepted it, and the error codes of those that did not.
+    Stored {
+        /// The item's target (the info-hash for an announce).
+        target: Id,
+        /// Nodes that accepted.
+        accepted: usize,
+        /// Error codes returned by the others.
+        errors: Vec<i64>,
+    },
+    /// The request was not started: [`MAX_OPERATIONS`] are already running.
+    Busy,
+}
+
+#[derive(Debug)]
+enum Then {
+    Report,
+    Announce(Option<u16>),
+    Put(Box<PutItem>),
+    Refresh,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Lookup(Box<Lookup>),
+    Storing {
+        target: Id,
+        pending: usize,
+        accepted: usize,
+        errors: Vec<i64>,
+    },
+}
+
+#[derive(Debug)]
+struct Op {
+    phase: Phase,
+    then: Then,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Purpose {
+    Lookup(OpId),
+    Store(OpId),
+    Ping,
+}
+
+#[derive(Clone, Debug)]
+struct Tx {
+    to: SocketAddrV4,
+    node_id: Option<Id>,
+    purpose: Purpose,
+    expires: Instant,
+}
+
+/// A node's state.
+#[derive(Debug)]
+pub struct Core {
+    id: Id,
+    read_only: bool,
+    table: RoutingTable,
+    server: Server,
+    rtt: RttEstimator,
+    rng: SplitMix,
+    next_tid: u32,
+    next_op: OpId,
+    txs: HashMap<Vec<u8>, Tx>,
+    ops: HashMap<OpId, Op>,
+    outbox: VecDeque<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<(OpId, Outcome)>,
+    stats: Stats,
+    observed: ObservedAddress,
+    limiter: RateLimiter,
+    next_storage_expiry: Instant,
+}
+
+impl Core {
+    /// A node with `table` (its own id is ours), read-only or not, with randomness from
+    /// `seed` (tokens, transaction ids, refresh targets).
+    pub fn new(table: RoutingTable, read_only: bool, seed: [u8; 32], now: Instant) -> Self {
+        let mut token_seed = [0u8; 20];
+        token_seed.copy_from_slice(&seed[..20]);
+        let mut s = [0u8; 8];
+        s.copy_from_slice(&seed[20..28]);
+        let mut rng = SplitMix(u64::from_be_bytes(s));
+        let id = table.own_id();
+        Core {
+            id,
+            read_only,
+            server: Server::new(id, token_seed, now),
+            table,
+            rtt: RttEstimator::default(),
+            next_tid: (rng.next_u64() & 0xffff_ffff) as u32,
+            rng,
+            next_op: 1,
+            txs: HashMap::new(),
+            ops: HashMap::new(),
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+            observed: ObservedAddress::default(),
+            limiter: RateLimiter::default(),
+            next_storage_expiry: now + STORAGE_EXPIRY_INTERVAL,
+        }
+    }
+
+    /// Our id.
+    pub fn id(&self) -> Id {
+        self.id
+    }
+
+    /// The routing table.
+    pub fn table(&self) -> &RoutingTable {
+        &self.table
+    }
+
+    /// The answering side (to register `natkit.*` handlers).
+    pub fn server_mut(&mut self) -> &mut Server {
+        &mut self.server
+    }
+
+    /// Counters, with the current table size and observed address.
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats.clone();
+        s.routing_table_size = self.table.len();
+        s.stored_items = self.server.storage().item_count();
+        s.observed_address = self.observed.best();
+        s
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.outbox.pop_front()
+    }
+
+    /// The next finished request.
+    pub fn poll_event(&mut self) -> Option<(OpId, Outcome)> {
+        self.events.pop_front()
+    }
+
+    /// When [`Core::handle_timeout`] must next run.
+    pub fn next_deadline(&self) -> Instant {
+        let lookups = self.ops.values().filter_map(|op| match &op.phase {
+            Phase::Lookup(l) => l.next_deadline(),
+            Phase::Storing { .. } => None,
+        });
+        let txs = self.txs.values().map(|t| t.expires);
+        lookups
+            .chain(txs)
+            .chain([self.table.next_refresh(), self.next_storage_expiry])
+            .min()
+            .unwrap_or(self.next_storage_expiry)
+    }
+
+    fn send(
+        &mut self,
+        to: SocketAddrV4,
+        node_id: Option<Id>,
+        query: Query,
+        purpose: Purpose,
+        now: Instant,
+    ) {
+        self.next_tid = self.next_tid.wrapping_add(1);
+        let tid = self.next_tid.to_be_bytes().to_vec();
+        let expires = match purpose {
+            Purpose::Lookup(_) => now + TRANSACTION_LIFETIME,
+            Purpose::Store(_) | Purpose::Ping => now + self.rtt.timeout(),
+        };
+        self.stats.count_query_out(query.method());
+        let mut m = Message::query(tid.clone(), query);
+        m.read_only = self.read_only;
+        m.version = Some(CLIENT_VERSION.to_vec());
+        self.outbox.push_back((SocketAddr::V4(to), m.emit()));
+        self.txs.insert(
+            tid,
+            Tx {
+                to,
+                node_id,
+                purpose,
+                expires,
+            },
+        );
+    }
+
+    fn reply(&mut self, to: SocketAddr, m: &Message) {
+        match m.kind {
+            Kind::Error(_) => self.stats.errors_out += 1,
+            _ => self.stats.responses_out += 1,
+        }
+        self.outbox.push_back((to, m.emit()));
+    }
+
+    fn ping(&mut self, node: NodeInfo, now: Instant) {
+        let q = Query::Ping { id: self.id };
+        self.send(node.addr, Some(node.id), q, Purpose::Ping, now);
+    }
+
+    /// Starts a request; its result comes out of [`Core::poll_event`] under the returned id.
+    pub fn start(&mut self, req: Request, now: Instant) -> OpId {
+        let op = self.next_op;
+        self.next_op += 1;
+        if self.ops.len() >= MAX_OPERATIONS {
+            self.events.push_back((op, Outcome::Busy));
+            return op;
+        }
+        let (target, kind, then, extra_seeds) = match req {
+            Request::Bootstrap(addrs) => (self.id, LookupKind::FindNode, Then::Report, addrs),
+            Request::FindNode(t) => (t, LookupKind::FindNode, Then::Report, vec![]),
+            Request::GetPeers(t) => (t, LookupKind::GetPeers, Then::Report, vec![]),
+            Request::Announce(t, port) => (t, LookupKind::GetPeers, Then::Announce(port), vec![]),
+            Request::GetImmutable(t) => (t, LookupKind::GetImmutable, Then::Report, vec![]),
+            Request::GetMutable {
+                k,
+                salt,
+                more_recent_than,
+            } => {
+                let t = bep44::mutable_target(&k, &salt);
+                let kind = LookupKind::GetMutable {
+                    salt,
+                    more_recent_than,
+                };
+                (t, kind, Then::Report, vec![])
+            }
+            Request::PutImmutable(v) => {
+                let t = bep44::immutable_target(&v);
+                let item = PutItem::Immutable { v };
+                (
+                    t,
+                    LookupKind::GetImmutable,
+                    Then::Put(Box::new(item)),
+                    vec![],
+                )
+            }
+            Request::PutMutable(item, cas) => {
+                let kind = LookupKind::GetMutable {
+                    salt: item.salt.clone(),
+                    more_recent_than: None,
+                };
+                (
+                    item.target(),
+                    kind,
+                    Then::Put(Box::new(item.to_put_item(cas))),
+                    vec![],
+                )
+            }
+        };
+        let mut seeds = self.table.closest(&target, K, now);
+        // Addresses of unknown id get placeholder ids right next to the target, so they are
+        // asked first; their answer replaces the placeholder with the real id.
+        for (i, addr) in extra_seeds.iter().enumerate() {
+            let mut id = target;
+            let [.., a, b] = &mut id.0;
+            let n = u16::try_from(i + 1).unwrap_or(u16::MAX).to_be_bytes();
+            *a ^= n[0];
+            *b ^= n[1];
+            seeds.push(NodeInfo { id, addr: *addr });
+        }
+        let lookup = Lookup::new(self.id, target, kind, &seeds, self.rtt);
+        self.ops.insert(
+            op,
+            Op {
+                phase: Phase::Lookup(Box::new(lookup)),
+                then,
+            },
+        );
+        self.drive(op, now);
+        op
+    }
+
+    /// Sends what a lookup wants sent, and finishes it if done.
+    fn drive(&mut self, op_id: OpId, now: Instant) {
+        let Some(op) = self.ops.get_mut(&op_id) else {
+            return;
+        };
+        let Phase::Lookup(lookup) = &mut op.phase else {
+            return;
+        };
+        for node in lookup.expire(now) {
+            self.table.failed(&node.id, now);
+        }
+        let early = matches!(op.then, Then::Report) && lookup.immutable().is_some();
+        if !early {
+            let sends = lookup.next_queries(now);
+            let query = lookup.query();
+            for n in sends {
+                self.send(
+                    n.addr,
+                    Some(n.id),
+                    query.clone(),
+                    Purpose::Lookup(op_id),
+                    now,
+                );
+            }
+        }
+        let Some(Op {
+            phase: Phase::Lookup(lookup),
+            then,
+        }) = self.ops.get(&op_id)
+        else {
+            return;
+        };
+        if !early && !lookup.is_done() {
+            return;
+        }
+        self.stats.record_lookup(lookup.stats());
+        let outcome = match (&then, lookup.kind()) {
+            (Then::Report, LookupKind::FindNode) => Outcome::Nodes(lookup.closest_answered()),
+            (Then::Report, LookupKind::GetPeers) => Outcome::Peers(lookup.peers().to_vec()),
+            (Then::Report, LookupKind::GetImmutable) => {
+                Outcome::Immutable(lookup.immutable().cloned())
+            }
+            (Then::Report, LookupKind::GetMutable { .. }) => {
+                Outcome::Mutable(lookup.mutable().cloned())
+            }
+            (Then::Refresh, _) => {
+                self.ops.remove(&op_id);
+                return;
+            }
+            (Then::Announce(port), _) => {
+                let (ih, port) = (lookup.target(), *port);
+                let targets = lookup.closest_with_tokens();
+                let queries = targets.into_iter().map(|(n, token)| {
+                    let q = Query::AnnouncePeer {
+                        id: self.id,
+                        info_hash: ih,
+                        port: port.unwrap_or(0),
+                        token,
+                        implied_port: port.is_none(),
+                    };
+                    (n, q)
+                });
+                let queries: Vec<_> = queries.collect();
+                return self.store(op_id, ih, queries, now);
+            }
+            (Then::Put(item), _) => {
+                let target = lookup.target();
+                let item = (**item).clone();
+                let targets = lookup.closest_with_tokens();
+                let queries = targets
+                    .into_iter()
+                    .map(|(n, token)| {
+                        let q = Query::Put {
+                            id: self.id,
+                            token,
+                            item: item.clone(),
+                        };
+                        (n, q)
+                    })
+                    .collect();
+                return self.store(op_id, target, queries, now);
+            }
+        };
+        self.ops.remove(&op_id);
+        self.events.push_back((op_id, outcome));
+    }
+
+    fn store(&mut self, op_id: OpId, target: Id, queries: Vec<(NodeInfo, Query)>, now: Instant) {
+        let pending = queries.len();
+        for (n, q) in queries {
+            self.send(n.addr, Some(n.id), q, Purpose::Store(op_id), now);
+        }
+        if let Some(op) = self.ops.get_mut(&op_id) {
+            op.phase = Phase::Storing {
+                target,
+                pending,
+                accepted: 0,
+                errors: Vec::new(),
+            };
+        }
+        self.store_progress(op_id, None);
+    }
+
+    /// One put/announce answered (`Some(None)` = accepted, `Some(Some(code))` = refused) or
+    /// timed out (`Some(Some(0))`); `None` only checks completion.
+    fn store_progress(&mut self, op_id: OpId, result: Option<Option<i64>>) {
+        let Some(Op {
+            phase:
+                Phase::Storing {
+                    target,
+                    pending,
+                    accepted,
+                    errors,
+                },
+            ..
+        }) = self.ops.get_mut(&op_id)
+        else {
+            return;
+        };
+        match result {
+            Some(None) => *accepted += 1,
+            Some(Some(code)) => errors.push(code),
+            None => {}
+        }
+        if result.is_some() {
+            *pending = pending.saturating_sub(1);
+        }
+        if *pending == 0 {
+            let outcome = Outcome::Stored {
+                target: *target,
+                accepted: *accepted,
+                errors: std::mem::take(errors),
+            };
+            self.ops.remove(&op_id);
+            self.events.push_back((op_id, outcome));
+        }
+    }
+
+    /// Handles the passing of time: timeouts, bucket refresh, storage expiry.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<Vec<u8>> = self
+            .txs
+            .iter()
+            .filter(|(_, t)| t.expires <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for tid in expired {
+            let Some(tx) = self.txs.remove(&tid) else {
+                continue;
+            };
+            match tx.purpose {
+                Purpose::Lookup(_) => {} // the lookup already failed it at its own deadline
+                Purpose::Store(op) => {
+                    self.fail_node(tx.node_id, now);
+                    self.store_progress(op, Some(Some(0)));
+                }
+                Purpose::Ping => self.fail_node(tx.node_id, now),
+            }
+        }
+        let lookups: Vec<OpId> = self.ops.keys().copied().collect();
+        for op in lookups {
+            self.drive(op, now);
+        }
+        if !self.table.is_empty() && self.ops.len() < MAX_OPERATIONS / 2 {
+            for i in self.table.buckets_to_refresh(now) {
+                let mut random = [0u8; 20];
+                for c in random.chunks_mut(8) {
+                    let r = self.rng.next_u64().to_be_bytes();
+                    c.copy_from_slice(&r[..c.len()]);
+                }
+                let target = self.table.refresh_target(i, random, now);
+                let op = self.start(Request::FindNode(target), now);
+                if let Some(o) = self.ops.get_mut(&op) {
+                    o.then = Then::Refresh;
+                }
+            }
+        }
+        if now >= self.next_storage_expiry {
+            self.server.storage_mut().expire(now);
+            self.limiter.expire(now);
+            self.next_storage_expiry = now + STORAGE_EXPIRY_INTERVAL;
+        }
+    }
+
+    fn fail_node(&mut self, id: Option<Id>, now: Instant) {
+        if let Some(id) = id {
+            self.table.failed(&id, now);
+        }
+    }
+
+    /// Handles one datagram from `from`.
+    pub fn handle_datagram(&mut self, from: SocketAddr, bytes: &[u8], now: Instant) {
+        let msg = match krpc::parse(bytes) {
+            Ok(m) => m,
+            Err(e) => return self.handle_malformed(from, &e, now),
+        };
+        match msg.kind {
+            Kind::Query(ref q) => self.handle_query(from, &msg, q, now),
+            Kind::Response(ref r) => self.handle_response(from, &msg, r, now),
+            Kind::Error(ref e) => {
+                self.stats.errors_in += 1;
+                let Some(tx) = self.take_tx(&msg.transaction_id, from) else {
+                    return;
+                };
+                match tx.purpose {
+                    Purpose::Lookup(op) => {
+                        if let Some(Op {
+                            phase: Phase::Lookup(l),
+                            ..
+                        }) = self.ops.get_mut(&op)
+                        {
+                            l.on_failure(tx.to);
+                        }
+                        self.drive(op, now);
+                    }
+                    Purpose::Store(op) => self.store_progress(op, Some(Some(e.code))),
+                    Purpose::Ping => {}
+                }
+            }
+        }
+    }
+
+    fn take_tx(&mut self, tid: &[u8], from: SocketAddr) -> Option<Tx> {
+        let tx = self.txs.get(tid)?;
+        if SocketAddr::V4(tx.to) != from {
+            return None; // not from whom we asked: ignore (spoofing or confusion)
+        }
+        self.txs.remove(tid)
+    }
+
+    fn handle_malformed(&mut self, from: SocketAddr, e: &KrpcError, now: Instant) {
+        self.stats.malformed_in += 1;
+        if let KrpcError::MalformedResponse { transaction_id, .. } = e
+            && let Some(tx) = self.take_tx(transaction_id, from)
+        {
+            if let Purpose::Lookup(op) = tx.purpose {
+                if let Some(Op {
+                    phase: Phase::Lookup(l),
+                    ..
+                }) = self.ops.get_mut(&op)
+                {
+                    l.on_failure(tx.to);
+                }
+                self.drive(op, now);
+            } else if let Purpose::Store(op) = tx.purpose {
+                self.store_progress(op, Some(Some(0)));
+            }
+            return;
+        }
+        if self.read_only || !self.limiter.allow(from, now) {
+            return;
+        }
+        if let Some(reply) = self.server.reply_to_malformed(e, from) {
+            self.reply(from, &reply);
+        }
+    }
+
+    fn handle_query(&mut self, from: SocketAddr, msg: &Message, q: &Query, now: Instant) {
+        self.stats.count_query_in(q.method());
+        if self.read_only {
+            return; // BEP 43: read-only nodes do not answer
+        }
+        if !self.limiter.allow(from, now) {
+            self.stats.rate_limited += 1;
+            return;
+        }
+        let answer = self
+            .server
+            .handle_query(from, &msg.transaction_id, q, &self.table, now);
+        self.reply(from, &answer);
+        if let (false, Some(id), SocketAddr::V4(addr)) = (msg.read_only, q.sender_id(), from) {
+            let node = NodeInfo { id, addr };
+            match self.table.heard_from(node, Contact::Query, now) {
+                Insert::Added => self.ping(node, now), // verify it before relying on it
+                Insert::PingFirst(q) => self.ping(q, now),
+                _ => {}
+            }
+        }
+    }
+
+    fn handle_response(&mut self, from: SocketAddr, msg: &Message, r: &Response, now: Instant) {
+        self.stats.responses_in += 1;
+        let Some(tx) = self.take_tx(&msg.transaction_id, from) else {
+            return;
+        };
+        if let Some(ip) = msg.ip {
+            self.observed.vote(ip, tx.to);
+        }
+        let node = NodeInfo {
+            id: r.id,
+            addr: tx.to,
+        };
+        if let Insert::PingFirst(q) = self.table.heard_from(node, Contact::Response, now) {
+            self.ping(q, now);
+        }
+        match tx.purpose {
+            Purpose::Lookup(op) => {
+                if let Some(Op {
+                    phase: Phase::Lookup(l),
+                    ..
+                }) = self.ops.get_mut(&op)
+                    && let Some(rtt) = l.on_response(tx.to, r, now)
+                {
+                    self.rtt.sample(rtt);
+                }
+                self.drive(op, now);
+            }
+            Purpose::Store(op) => self.store_progress(op, Some(None)),
+            Purpose::Ping => {}
+        }
+    }
+}

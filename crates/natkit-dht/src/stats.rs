@@ -1,0 +1,179 @@
+//! Counters, the observed public address (BEP 42 `ip` votes) and the per-source query rate
+//! limit. Sans-I/O.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use crate::lookup::LookupStats;
+
+/// Queries accepted from one source address (IP and port) per [`RATE_WINDOW`]; more are
+/// dropped unanswered. A well-behaved node sends a handful per lookup; 100/s leaves ample room
+/// for a busy neighbour while bounding what one source can make us send.
+pub const MAX_QUERIES_PER_SOURCE: u32 = 100;
+
+/// The rate limit's window.
+pub const RATE_WINDOW: Duration = Duration::from_secs(1);
+
+/// Most sources tracked by the rate limiter; past this, idle ones are forgotten (and if all are
+/// active, new sources are refused until the window passes).
+pub const MAX_TRACKED_SOURCES: usize = 10_000;
+
+/// Most distinct observed addresses remembered, and most voters counted per address.
+pub const MAX_OBSERVED_ADDRESSES: usize = 16;
+/// See [`MAX_OBSERVED_ADDRESSES`].
+pub const MAX_VOTERS_PER_ADDRESS: usize = 64;
+
+/// Messages in and out, by type.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Nodes in the routing table.
+    pub routing_table_size: usize,
+    /// BEP 44 items stored for others.
+    pub stored_items: usize,
+    /// Queries received, by method.
+    pub queries_in: BTreeMap<String, u64>,
+    /// Queries sent, by method.
+    pub queries_out: BTreeMap<String, u64>,
+    /// Responses received.
+    pub responses_in: u64,
+    /// Responses sent.
+    pub responses_out: u64,
+    /// Error messages received.
+    pub errors_in: u64,
+    /// Error messages sent.
+    pub errors_out: u64,
+    /// Datagrams that were not valid KRPC.
+    pub malformed_in: u64,
+    /// Queries dropped by the per-source rate limit.
+    pub rate_limited: u64,
+    /// Lookups finished.
+    pub lookups: u64,
+    /// Sum of their queries (for a mean).
+    pub lookup_queries: u64,
+    /// Sum of their rounds (for a mean).
+    pub lookup_rounds: u64,
+    /// Our address as others see it, and how many distinct nodes said so.
+    pub observed_address: Option<(SocketAddr, usize)>,
+}
+
+fn method_name(m: &[u8]) -> String {
+    String::from_utf8_lossy(m).into_owned()
+}
+
+impl Stats {
+    pub(crate) fn count_query_in(&mut self, method: &[u8]) {
+        // Unknown methods are counted under one key so a peer cannot grow this map.
+        let known = matches!(
+            method,
+            b"ping" | b"find_node" | b"get_peers" | b"announce_peer" | b"get" | b"put"
+        );
+        let key = if known {
+            method_name(method)
+        } else {
+            "other".to_owned()
+        };
+        *self.queries_in.entry(key).or_default() += 1;
+    }
+
+    pub(crate) fn count_query_out(&mut self, method: &[u8]) {
+        *self.queries_out.entry(method_name(method)).or_default() += 1;
+    }
+
+    pub(crate) fn record_lookup(&mut self, s: LookupStats) {
+        self.lookups += 1;
+        self.lookup_queries += u64::from(s.queries);
+        self.lookup_rounds += u64::from(s.rounds);
+    }
+}
+
+/// Votes on our public address from the `ip` field of responses.
+#[derive(Clone, Debug, Default)]
+pub struct ObservedAddress {
+    votes: HashMap<SocketAddr, HashSet<SocketAddrV4>>,
+}
+
+impl ObservedAddress {
+    /// `voter` says we are `addr`.
+    pub fn vote(&mut self, addr: SocketAddr, voter: SocketAddrV4) {
+        if !self.votes.contains_key(&addr) && self.votes.len() >= MAX_OBSERVED_ADDRESSES {
+            return;
+        }
+        let set = self.votes.entry(addr).or_default();
+        if set.len() < MAX_VOTERS_PER_ADDRESS {
+            set.insert(voter);
+        }
+    }
+
+    /// The address most nodes agree on, with the number of distinct nodes.
+    pub fn best(&self) -> Option<(SocketAddr, usize)> {
+        self.votes
+            .iter()
+            .map(|(a, v)| (*a, v.len()))
+            .max_by_key(|(a, n)| (*n, std::cmp::Reverse(*a)))
+    }
+}
+
+/// Per-source query counter over fixed windows.
+#[derive(Clone, Debug, Default)]
+pub struct RateLimiter {
+    sources: HashMap<SocketAddr, (Instant, u32)>,
+}
+
+impl RateLimiter {
+    /// Whether a query from `from` at `now` may be answered.
+    pub fn allow(&mut self, from: SocketAddr, now: Instant) -> bool {
+        if !self.sources.contains_key(&from) && self.sources.len() >= MAX_TRACKED_SOURCES {
+            self.expire(now);
+            if self.sources.len() >= MAX_TRACKED_SOURCES {
+                return false;
+            }
+        }
+        let (start, count) = self.sources.entry(from).or_insert((now, 0));
+        if now.duration_since(*start) >= RATE_WINDOW {
+            *start = now;
+            *count = 0;
+        }
+        *count += 1;
+        *count <= MAX_QUERIES_PER_SOURCE
+    }
+
+    /// Forgets sources whose window has passed.
+    pub fn expire(&mut self, now: Instant) {
+        self.sources
+            .retain(|_, (start, _)| now.duration_since(*start) < RATE_WINDOW);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn rate_limit_per_source() {
+        let now = Instant::now();
+        let mut r = RateLimiter::default();
+        let a = SocketAddr::from(([10, 0, 0, 1], 1));
+        let b = SocketAddr::from(([10, 0, 0, 1], 2));
+        for _ in 0..MAX_QUERIES_PER_SOURCE {
+            assert!(r.allow(a, now));
+        }
+        assert!(!r.allow(a, now));
+        assert!(r.allow(b, now), "another source is not affected");
+        assert!(r.allow(a, now + RATE_WINDOW));
+    }
+
+    #[test]
+    fn observed_address_counts_distinct_voters() {
+        let mut o = ObservedAddress::default();
+        let me = SocketAddr::from(([1, 2, 3, 4], 5));
+        let liar = SocketAddr::from(([6, 6, 6, 6], 6));
+        for i in 0..3u16 {
+            o.vote(me, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 100 + i));
+            o.vote(me, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 100 + i));
+        }
+        o.vote(liar, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9));
+        assert_eq!(o.best(), Some((me, 3)));
+    }
+}
