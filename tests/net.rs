@@ -612,20 +612,28 @@ async fn dead_peer_is_detected_in_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_thousand_simultaneous_connections() {
     const N: u32 = 1000;
+    // 2,000 handshakes at once on a 2-core machine (maybe busy with other
+    // work): generous timeouts, so that this tests capacity, not speed.
+    let patient = NetConfig {
+        handshake_timeout: Duration::from_secs(60),
+        connect_timeout: Duration::from_secs(60),
+        ..cfg()
+    };
     let hub = net(
         1,
         NetConfig {
             max_inbound: N as usize,
             max_pending_handshakes: 256,
-            ..cfg()
+            ..patient.clone()
         },
     )
     .await;
     let (hub_addr, hub_id) = (hub.local_addr(), hub.node_id());
     let mut tasks = Vec::new();
     for i in 0..N {
+        let patient = patient.clone();
         tasks.push(tokio::spawn(async move {
-            let n = net(10_000 + i, cfg()).await;
+            let n = net(10_000 + i, patient).await;
             let c = n.connect(hub_addr, hub_id).await.expect("connect");
             c.send(&format!("hello from {i}")).await.unwrap();
             let reply = timeout(Duration::from_secs(60), c.recv())

@@ -15,8 +15,22 @@ pub fn example(name: &str) -> PathBuf {
     p.join("examples").join(name)
 }
 
-/// Builds the examples (a no-op when `cargo test` already built them).
+/// Makes sure the example binaries exist. A plain `cargo test` builds them
+/// before running any test; only when a single test file is run (`cargo test
+/// --test examples`) are they missing or older than their sources, and then
+/// this builds them (which takes a while: another feature set than the tests').
 pub fn build_examples() {
+    let fresh = ["line_listener", "line_dialer"].iter().all(|name| {
+        let bin = std::fs::metadata(example(name)).and_then(|m| m.modified());
+        let src = std::fs::metadata(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.rs")),
+        )
+        .and_then(|m| m.modified());
+        matches!((bin, src), (Ok(b), Ok(s)) if b >= s)
+    });
+    if fresh {
+        return;
+    }
     let status = Command::new(env!("CARGO"))
         .args(["build", "--quiet", "--examples"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
