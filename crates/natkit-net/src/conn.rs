@@ -680,9 +680,12 @@ async fn write_loop(
     mut wr: OwnedWriteHalf,
     transport: &StatelessTransportState,
 ) {
-    let mut nonce: u64 = 0;
-    let mut out: Vec<u8> = Vec::new();
-    let mut content: Vec<u8> = Vec::new();
+    let mut enc = Encoder {
+        transport,
+        nonce: 0,
+        out: Vec::new(),
+        content: Vec::new(),
+    };
     loop {
         let (data, pong, ping, closing) = {
             let mut st = lock(&conn.send);
@@ -700,36 +703,15 @@ async fn write_loop(
         } else {
             MAX_DATA_ENCRYPTED
         };
-        out.clear();
+        enc.out.clear();
         for chunk in data.chunks(max) {
-            push_frame(
-                conn,
-                transport,
-                &mut nonce,
-                &mut out,
-                &mut content,
-                &Frame::Data(chunk),
-            );
+            enc.push(conn, &Frame::Data(chunk));
         }
         if pong {
-            push_frame(
-                conn,
-                transport,
-                &mut nonce,
-                &mut out,
-                &mut content,
-                &Frame::Pong,
-            );
+            enc.push(conn, &Frame::Pong);
         }
         if ping {
-            push_frame(
-                conn,
-                transport,
-                &mut nonce,
-                &mut out,
-                &mut content,
-                &Frame::Ping,
-            );
+            enc.push(conn, &Frame::Ping);
         }
         if closing {
             let (code, message) = lock(&conn.reason)
@@ -740,19 +722,12 @@ async fn write_loop(
                 lock(&conn.reason).as_ref(),
                 Some(CloseReason::PeerGone | CloseReason::Io { .. })
             ) {
-                push_frame(
-                    conn,
-                    transport,
-                    &mut nonce,
-                    &mut out,
-                    &mut content,
-                    &Frame::Close { code, message },
-                );
+                enc.push(conn, &Frame::Close { code, message });
             }
         }
-        if !out.is_empty() {
+        if !enc.out.is_empty() {
             let res = tokio::select! {
-                r = wr.write_all(&out) => r,
+                r = wr.write_all(&enc.out) => r,
                 () = conn.cancel.cancelled() => return,
             };
             if let Err(e) = res {
@@ -762,9 +737,9 @@ async fn write_loop(
                 return;
             }
         }
-        if out.capacity() > 4 * READ_CHUNK {
-            out = Vec::new();
-            content = Vec::new();
+        if enc.out.capacity() > 4 * READ_CHUNK {
+            enc.out = Vec::new();
+            enc.content = Vec::new();
         }
         if closing {
             let _ = tokio::select! {
@@ -780,34 +755,43 @@ async fn write_loop(
     }
 }
 
-fn push_frame(
-    conn: &ConnShared,
-    transport: &StatelessTransportState,
-    nonce: &mut u64,
-    out: &mut Vec<u8>,
-    content: &mut Vec<u8>,
-    f: &Frame<'_>,
-) {
-    content.clear();
-    frame::emit(f, content);
-    if conn.plaintext {
-        out.extend_from_slice(&(content.len() as u16).to_be_bytes());
-        out.extend_from_slice(content);
-        return;
-    }
-    let start = out.len();
-    let clen = content.len() + TAG_BYTES;
-    out.resize(start + 2 + clen, 0);
-    out[start..start + 2].copy_from_slice(&(clen as u16).to_be_bytes());
-    match transport.write_message(*nonce, content, &mut out[start + 2..]) {
-        Ok(n) => {
-            *nonce += 1;
-            out.truncate(start + 2 + n);
+/// Turns frames into wire bytes: length prefix, and encryption unless the
+/// connection is in plaintext mode. Keeps the sending nonce.
+struct Encoder<'a> {
+    transport: &'a StatelessTransportState,
+    nonce: u64,
+    out: Vec<u8>,
+    content: Vec<u8>,
+}
+
+impl Encoder<'_> {
+    fn push(&mut self, conn: &ConnShared, f: &Frame<'_>) {
+        self.content.clear();
+        frame::emit(f, &mut self.content);
+        let out = &mut self.out;
+        if conn.plaintext {
+            out.extend_from_slice(&(self.content.len() as u16).to_be_bytes());
+            out.extend_from_slice(&self.content);
+            return;
         }
-        Err(e) => {
-            // Only possible with a frame over 65535 bytes, which `chunks` prevents.
-            out.truncate(start);
-            conn.abort(protocol(&format!("cannot encrypt a frame: {e}")));
+        let start = out.len();
+        let clen = self.content.len() + TAG_BYTES;
+        out.resize(start + 2 + clen, 0);
+        out[start..start + 2].copy_from_slice(&(clen as u16).to_be_bytes());
+        match self
+            .transport
+            .write_message(self.nonce, &self.content, &mut out[start + 2..])
+        {
+            Ok(n) => {
+                self.nonce += 1;
+                out.truncate(start + 2 + n);
+            }
+            Err(e) => {
+                // Only possible with a frame over 65535 bytes, which the
+                // chunking prevents.
+                out.truncate(start);
+                conn.abort(protocol(&format!("cannot encrypt a frame: {e}")));
+            }
         }
     }
 }

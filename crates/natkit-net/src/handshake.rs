@@ -182,15 +182,7 @@ where
             let msg = read_msg(stream).await?;
             let n = hs.read_message(&msg, &mut payload)?;
             let theirs = parse_identity(&payload[..n])?;
-            let peer = check_identity(&hs, &theirs, o.local)?;
-            if let Some(expected) = o.expected
-                && expected != peer
-            {
-                return Err(HandshakeError::KeyMismatch {
-                    expected,
-                    got: peer,
-                });
-            }
+            let peer = check_identity(&hs, &theirs, o.local, o.expected)?;
             let mine = emit_identity(o.local, o.peer_addr);
             let n = hs.write_message(&mine, &mut buf)?;
             write_msg(stream, &buf[..n]).await?;
@@ -215,15 +207,7 @@ where
             let msg = read_msg(stream).await?;
             let n = hs.read_message(&msg, &mut payload)?;
             let theirs = parse_identity(&payload[..n])?;
-            let peer = check_identity(&hs, &theirs, o.local)?;
-            if let Some(expected) = o.expected
-                && expected != peer
-            {
-                return Err(HandshakeError::KeyMismatch {
-                    expected,
-                    got: peer,
-                });
-            }
+            let peer = check_identity(&hs, &theirs, o.local, o.expected)?;
             (peer, theirs.observed, hello.plaintext, hs)
         }
     };
@@ -241,10 +225,13 @@ where
     })
 }
 
+/// Checks the peer's identity payload: version, the identity signature over
+/// the Noise static key, not ourselves, and the key we expected (if any).
 fn check_identity(
     hs: &snow::HandshakeState,
     theirs: &IdentityPayload,
     local: &LocalIdentity,
+    expected: Option<NodeId>,
 ) -> Result<NodeId, HandshakeError> {
     if theirs.version != PROTOCOL_VERSION {
         return Err(HandshakeError::Version(theirs.version));
@@ -261,7 +248,13 @@ fn check_identity(
     if theirs.identity == local.node_id() {
         return Err(HandshakeError::SelfConnection);
     }
-    Ok(theirs.identity)
+    match expected {
+        Some(expected) if expected != theirs.identity => Err(HandshakeError::KeyMismatch {
+            expected,
+            got: theirs.identity,
+        }),
+        _ => Ok(theirs.identity),
+    }
 }
 
 async fn write_msg<S: AsyncWrite + Unpin>(s: &mut S, msg: &[u8]) -> std::io::Result<()> {
@@ -443,129 +436,91 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn handshake_over_a_pipe_authenticates_both_sides() {
-        let a = LocalIdentity::new(Keypair::from_seed([1; 32])).unwrap();
-        let b = LocalIdentity::new(Keypair::from_seed([2; 32])).unwrap();
+    /// Runs both sides of a handshake over an in-memory pipe; each side hangs
+    /// up when it is done, so a failure on one side ends the other.
+    async fn pair(
+        a: (&LocalIdentity, Option<NodeId>, bool),
+        b: (&LocalIdentity, bool),
+    ) -> (
+        Result<Established, HandshakeError>,
+        Result<Established, HandshakeError>,
+    ) {
         let (mut sa, mut sb) = tokio::io::duplex(4096);
         let addr_a: SocketAddr = "10.0.0.1:1".parse().unwrap();
         let addr_b: SocketAddr = "10.0.0.2:2".parse().unwrap();
-        let (ra, rb) = tokio::join!(
-            run(
-                &mut sa,
-                HandshakeOptions {
-                    local: &a,
+        tokio::join!(
+            async {
+                let o = HandshakeOptions {
+                    local: a.0,
                     role: Role::Initiator,
-                    expected: Some(b.node_id()),
+                    expected: a.1,
                     peer_addr: addr_b,
-                    want_plaintext: false,
-                    allow_plaintext: false
-                }
-            ),
-            run(
-                &mut sb,
-                HandshakeOptions {
-                    local: &b,
+                    want_plaintext: a.2,
+                    allow_plaintext: false,
+                };
+                let r = run(&mut sa, o).await;
+                drop(sa);
+                r
+            },
+            async {
+                let o = HandshakeOptions {
+                    local: b.0,
                     role: Role::Responder,
                     expected: None,
                     peer_addr: addr_a,
                     want_plaintext: false,
-                    allow_plaintext: false
-                }
-            ),
-        );
+                    allow_plaintext: b.1,
+                };
+                let r = run(&mut sb, o).await;
+                drop(sb);
+                r
+            },
+        )
+    }
+
+    fn ids() -> (LocalIdentity, LocalIdentity) {
+        (
+            LocalIdentity::new(Keypair::from_seed([1; 32])).unwrap(),
+            LocalIdentity::new(Keypair::from_seed([2; 32])).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn handshake_over_a_pipe_authenticates_both_sides() {
+        let (a, b) = ids();
+        let (ra, rb) = pair((&a, Some(b.node_id()), false), (&b, false)).await;
         let (ra, rb) = (ra.unwrap(), rb.unwrap());
         assert_eq!(ra.peer, b.node_id());
         assert_eq!(rb.peer, a.node_id());
-        assert_eq!(ra.observed, addr_a);
-        assert_eq!(rb.observed, addr_b);
+        assert_eq!(ra.observed, "10.0.0.1:1".parse().unwrap());
+        assert_eq!(rb.observed, "10.0.0.2:2".parse().unwrap());
         assert_eq!(ra.handshake_hash, rb.handshake_hash);
+        assert!(!ra.plaintext && !rb.plaintext);
     }
 
     #[tokio::test]
     async fn wrong_expected_key_is_refused() {
-        let a = LocalIdentity::new(Keypair::from_seed([1; 32])).unwrap();
-        let b = LocalIdentity::new(Keypair::from_seed([2; 32])).unwrap();
+        let (a, b) = ids();
         let c = Keypair::from_seed([3; 32]).node_id();
-        let (mut sa, mut sb) = tokio::io::duplex(4096);
-        let addr: SocketAddr = "10.0.0.1:1".parse().unwrap();
-        let (ra, _rb) = tokio::join!(
-            async {
-                let r = run(
-                    &mut sa,
-                    HandshakeOptions {
-                        local: &a,
-                        role: Role::Initiator,
-                        expected: Some(c),
-                        peer_addr: addr,
-                        want_plaintext: false,
-                        allow_plaintext: false,
-                    },
-                )
-                .await;
-                drop(sa);
-                r
-            },
-            async {
-                let r = run(
-                    &mut sb,
-                    HandshakeOptions {
-                        local: &b,
-                        role: Role::Responder,
-                        expected: None,
-                        peer_addr: addr,
-                        want_plaintext: false,
-                        allow_plaintext: false,
-                    },
-                )
-                .await;
-                drop(sb);
-                r
-            },
-        );
+        let (ra, rb) = pair((&a, Some(c), false), (&b, false)).await;
         assert!(matches!(ra, Err(HandshakeError::KeyMismatch { .. })));
+        assert!(rb.is_err(), "the responder must not finish either");
     }
 
     #[tokio::test]
     async fn plaintext_needs_consent() {
-        let a = LocalIdentity::new(Keypair::from_seed([1; 32])).unwrap();
-        let b = LocalIdentity::new(Keypair::from_seed([2; 32])).unwrap();
-        let (mut sa, mut sb) = tokio::io::duplex(4096);
-        let addr: SocketAddr = "10.0.0.1:1".parse().unwrap();
-        let (_ra, rb) = tokio::join!(
-            async {
-                let r = run(
-                    &mut sa,
-                    HandshakeOptions {
-                        local: &a,
-                        role: Role::Initiator,
-                        expected: None,
-                        peer_addr: addr,
-                        want_plaintext: true,
-                        allow_plaintext: false,
-                    },
-                )
-                .await;
-                drop(sa);
-                r
-            },
-            async {
-                let r = run(
-                    &mut sb,
-                    HandshakeOptions {
-                        local: &b,
-                        role: Role::Responder,
-                        expected: None,
-                        peer_addr: addr,
-                        want_plaintext: false,
-                        allow_plaintext: false,
-                    },
-                )
-                .await;
-                drop(sb);
-                r
-            },
-        );
+        let (a, b) = ids();
+        let (_, rb) = pair((&a, None, true), (&b, false)).await;
         assert!(matches!(rb, Err(HandshakeError::Plaintext(_))));
+        let (ra, rb) = pair((&a, None, true), (&b, true)).await;
+        assert!(ra.unwrap().plaintext && rb.unwrap().plaintext);
+    }
+
+    #[tokio::test]
+    async fn connecting_to_ourselves_is_refused() {
+        let a = LocalIdentity::new(Keypair::from_seed([1; 32])).unwrap();
+        let a2 = LocalIdentity::new(Keypair::from_seed([1; 32])).unwrap();
+        let (ra, _) = pair((&a, None, false), (&a2, false)).await;
+        assert!(matches!(ra, Err(HandshakeError::SelfConnection)));
     }
 }
