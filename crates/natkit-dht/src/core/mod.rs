@@ -9,10 +9,9 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use crate::bencode::Value;
-use crate::bep44::{self, MutableItem};
+use crate::bep44;
 use crate::id::{Id, NodeInfo};
-use crate::krpc::{self, Kind, KrpcError, Message, PUBLIC_KEY_BYTES, PutItem, Query, Response};
+use crate::krpc::{self, Kind, KrpcError, Message, PutItem, Query, Response};
 use crate::lookup::{K, Lookup, LookupKind, RttEstimator};
 use crate::routing::{Contact, Insert, RoutingTable};
 use crate::server::{CLIENT_VERSION, Server};
@@ -33,57 +32,9 @@ pub const MAX_OPERATIONS: usize = 256;
 /// Identifies a request given to [`Core::start`].
 pub type OpId = u64;
 
-/// What to do.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Request {
-    /// `find_node` on our own id, starting from these addresses (ids unknown) and the table.
-    Bootstrap(Vec<SocketAddrV4>),
-    /// The closest nodes to a target.
-    FindNode(Id),
-    /// Peers for an info-hash.
-    GetPeers(Id),
-    /// Announce ourselves as a peer for an info-hash (`None`: the UDP source port).
-    Announce(Id, Option<u16>),
-    /// A BEP 44 immutable item.
-    GetImmutable(Id),
-    /// A BEP 44 mutable item.
-    GetMutable {
-        /// Public key.
-        k: [u8; PUBLIC_KEY_BYTES],
-        /// Salt (empty for none).
-        salt: Vec<u8>,
-        /// Only an item with a higher `seq` is wanted.
-        more_recent_than: Option<i64>,
-    },
-    /// Store an immutable value on the closest nodes.
-    PutImmutable(Value),
-    /// Store a signed item on the closest nodes.
-    PutMutable(MutableItem, Option<i64>),
-}
+mod request;
 
-/// The result of a request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Closest nodes that answered.
-    Nodes(Vec<NodeInfo>),
-    /// Peers found.
-    Peers(Vec<SocketAddr>),
-    /// The immutable value, if found.
-    Immutable(Option<Value>),
-    /// The mutable item with the highest `seq` found.
-    Mutable(Option<MutableItem>),
-    /// A put or announce: how many nodes accepted it, and the error codes of those that did not.
-    Stored {
-        /// The item's target (the info-hash for an announce).
-        target: Id,
-        /// Nodes that accepted.
-        accepted: usize,
-        /// Error codes returned by the others.
-        errors: Vec<i64>,
-    },
-    /// The request was not started: [`MAX_OPERATIONS`] are already running.
-    Busy,
-}
+pub use request::{Outcome, Request};
 
 #[derive(Debug)]
 enum Then {
@@ -651,3 +602,6 @@ impl Core {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,60 @@
+//! What [`super::Core::start`] takes and what comes out of [`super::Core::poll_event`].
+
+use std::net::{SocketAddr, SocketAddrV4};
+
+use crate::bencode::Value;
+use crate::bep44::MutableItem;
+use crate::id::{Id, NodeInfo};
+use crate::krpc::PUBLIC_KEY_BYTES;
+
+/// What to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// `find_node` on our own id, starting from these addresses (ids unknown) and the table.
+    Bootstrap(Vec<SocketAddrV4>),
+    /// The closest nodes to a target.
+    FindNode(Id),
+    /// Peers for an info-hash.
+    GetPeers(Id),
+    /// Announce ourselves as a peer for an info-hash (`None`: the UDP source port).
+    Announce(Id, Option<u16>),
+    /// A BEP 44 immutable item.
+    GetImmutable(Id),
+    /// A BEP 44 mutable item.
+    GetMutable {
+        /// Public key.
+        k: [u8; PUBLIC_KEY_BYTES],
+        /// Salt (empty for none).
+        salt: Vec<u8>,
+        /// Only an item with a higher `seq` is wanted.
+        more_recent_than: Option<i64>,
+    },
+    /// Store an immutable value on the closest nodes.
+    PutImmutable(Value),
+    /// Store a signed item on the closest nodes.
+    PutMutable(MutableItem, Option<i64>),
+}
+
+/// The result of a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Closest nodes that answered.
+    Nodes(Vec<NodeInfo>),
+    /// Peers found.
+    Peers(Vec<SocketAddr>),
+    /// The immutable value, if found.
+    Immutable(Option<Value>),
+    /// The mutable item with the highest `seq` found.
+    Mutable(Option<MutableItem>),
+    /// A put or announce: how many nodes accepted it, and the error codes of those that did not.
+    Stored {
+        /// The item's target (the info-hash for an announce).
+        target: Id,
+        /// Nodes that accepted.
+        accepted: usize,
+        /// Error codes returned by the others.
+        errors: Vec<i64>,
+    },
+    /// The request was not started: [`super::MAX_OPERATIONS`] are already running.
+    Busy,
+}

@@ -1,0 +1,181 @@
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::bencode::Value;
+use crate::routing::REFRESH_INTERVAL;
+
+fn addr(i: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1000 + i)
+}
+
+/// Cores wired together in memory: datagrams are delivered in order, instantly.
+struct Wire {
+    cores: Vec<Core>,
+    now: Instant,
+}
+
+impl Wire {
+    fn new(n: u16, now: Instant) -> Self {
+        let cores = (0..n)
+            .map(|i| {
+                let mut id = [0u8; 20];
+                id[0] = (i as u8).wrapping_mul(37);
+                id[19] = i as u8;
+                let table = RoutingTable::new(Id(id), now);
+                Core::new(table, false, [i as u8 + 1; 32], now)
+            })
+            .collect();
+        Wire { cores, now }
+    }
+
+    fn index(&self, to: SocketAddr) -> Option<usize> {
+        (0..self.cores.len()).find(|&i| SocketAddr::V4(addr(i as u16)) == to)
+    }
+
+    /// Delivers datagrams until none is left; returns the events.
+    fn settle(&mut self) -> Vec<(usize, OpId, Outcome)> {
+        let mut events = Vec::new();
+        loop {
+            let mut queue = VecDeque::new();
+            for (i, c) in self.cores.iter_mut().enumerate() {
+                while let Some((to, bytes)) = c.poll_transmit() {
+                    queue.push_back((i, to, bytes));
+                }
+                while let Some((op, o)) = c.poll_event() {
+                    events.push((i, op, o));
+                }
+            }
+            if queue.is_empty() {
+                return events;
+            }
+            for (from, to, bytes) in queue {
+                if let Some(j) = self.index(to) {
+                    let src = SocketAddr::V4(addr(from as u16));
+                    self.cores[j].handle_datagram(src, &bytes, self.now);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn cores_bootstrap_put_and_get_in_memory() {
+    let now = Instant::now();
+    let mut w = Wire::new(6, now);
+    for i in 1..6 {
+        w.cores[i].start(Request::Bootstrap(vec![addr(0)]), now);
+        w.settle();
+    }
+    for i in 0..6 {
+        w.cores[i].start(Request::Bootstrap(vec![]), now);
+    }
+    w.settle();
+    for c in &w.cores {
+        assert_eq!(c.table().len(), 5, "every core knows every other");
+    }
+    let v = Value::Bytes(b"in memory".to_vec());
+    let put = w.cores[2].start(Request::PutImmutable(v.clone()), now);
+    let events = w.settle();
+    let stored = events.iter().find(|(i, op, _)| *i == 2 && *op == put);
+    assert!(matches!(
+        stored,
+        Some((_, _, Outcome::Stored { accepted: 5, .. }))
+    ));
+    let target = bep44::immutable_target(&v);
+    let get = w.cores[4].start(Request::GetImmutable(target), now);
+    let events = w.settle();
+    let got = events.iter().find(|(i, op, _)| *i == 4 && *op == get);
+    assert_eq!(got.map(|e| &e.2), Some(&Outcome::Immutable(Some(v))));
+    let stats = w.cores[4].stats();
+    assert_eq!(stats.observed_address, Some((SocketAddr::V4(addr(4)), 5)));
+    assert!(stats.queries_out.get("get").copied().unwrap_or(0) > 0);
+}
+
+#[test]
+fn stale_buckets_are_refreshed_and_requests_time_out() {
+    let now = Instant::now();
+    let mut w = Wire::new(3, now);
+    w.cores[1].start(Request::Bootstrap(vec![addr(0)]), now);
+    w.settle();
+    // Nothing is due before the refresh interval.
+    let c = &mut w.cores[1];
+    c.handle_timeout(now + Duration::from_secs(1));
+    assert!(c.poll_transmit().is_none());
+    let later = now + REFRESH_INTERVAL;
+    assert!(c.next_deadline() <= later);
+    c.handle_timeout(later);
+    let (_, bytes) = c.poll_transmit().expect("a refresh query");
+    let m = krpc::parse(&bytes).expect("valid");
+    assert!(matches!(m.kind, Kind::Query(Query::FindNode { .. })));
+    // Nobody answers: the lookup times out and the node's failures are counted.
+    let deadline = c.next_deadline();
+    assert!(deadline > later && deadline <= later + Duration::from_secs(2));
+    c.handle_timeout(later + Duration::from_secs(10));
+    let failures: u32 = c.table().entries().map(|e| e.failures).sum();
+    assert!(failures > 0);
+}
+
+#[test]
+fn read_only_cores_answer_nothing_and_flag_their_queries() {
+    let now = Instant::now();
+    let table = RoutingTable::new(Id([1; 20]), now);
+    let mut c = Core::new(table, true, [5; 32], now);
+    let ping = Message::query(*b"abcd", Query::Ping { id: Id([2; 20]) }).emit();
+    c.handle_datagram(SocketAddr::V4(addr(9)), &ping, now);
+    assert!(c.poll_transmit().is_none());
+    c.start(Request::Bootstrap(vec![addr(9)]), now);
+    let (_, bytes) = c.poll_transmit().expect("query");
+    let m = krpc::parse(&bytes).expect("valid");
+    assert!(m.read_only);
+    assert_eq!(m.transaction_id.len(), 4);
+}
+
+#[test]
+fn unsolicited_and_spoofed_responses_are_ignored() {
+    let now = Instant::now();
+    let mut w = Wire::new(2, now);
+    w.cores[1].start(Request::FindNode(Id([7; 20])), now);
+    // A response nobody asked for, and one from the wrong address.
+    let r = Message::response(*b"zzzz", crate::krpc::Response::new(Id([3; 20]))).emit();
+    w.cores[0].handle_datagram(SocketAddr::V4(addr(1)), &r, now);
+    assert!(w.cores[0].table().is_empty());
+    assert_eq!(w.cores[0].stats().responses_in, 1);
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_datagrams_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let now = Instant::now();
+        let mut c = Core::new(RoutingTable::new(Id([1; 20]), now), false, [3; 32], now);
+        c.handle_datagram(SocketAddr::V4(addr(1)), &bytes, now);
+        // At most one answer (an error 203, or a response if the bytes happened to be a query).
+        let mut n = 0;
+        while c.poll_transmit().is_some() {
+            n += 1;
+        }
+        prop_assert!(n <= 2);
+    }
+
+    #[test]
+    fn mutated_queries_never_panic(pos in 0usize..80, byte in any::<u8>()) {
+        let now = Instant::now();
+        let mut c = Core::new(RoutingTable::new(Id([1; 20]), now), false, [3; 32], now);
+        let q = Query::AnnouncePeer {
+            id: Id([2; 20]),
+            info_hash: Id([3; 20]),
+            port: 80,
+            token: b"tok".to_vec(),
+            implied_port: true,
+        };
+        let mut bytes = Message::query(*b"abcd", q).emit();
+        if let Some(b) = bytes.get_mut(pos) {
+            *b = byte;
+        }
+        c.handle_datagram(SocketAddr::V4(addr(1)), &bytes, now);
+        while c.poll_transmit().is_some() {}
+    }
+}
