@@ -41,6 +41,8 @@ usage: natlab.sh [--name NAME] up <natA-type> <natB-type> [--delay MS] [--upnp n
        natlab.sh status                    list labs, owners and namespaces
        natlab.sh gc                        remove labs whose owner process is dead
        natlab.sh [--name NAME] exec <host> -- cmd...   run a command inside a lab host
+       natlab.sh [--name NAME] miniupnpd-restart <natA|natB>   stop miniupnpd (TERM), drop its
+                                           lease file and start it again (a gateway reboot)
 types: open | cone | symmetric | firewall
 hosts: internet rendezvous public2 natA alice carol natB bob cgnat home dave
 NAME: 1-20 of [A-Za-z0-9_] (default nk); namespaces are NAME-<host>; state in /run/natkit-lab/NAME
@@ -286,6 +288,26 @@ CONF
   fi
 }
 
+restart_miniupnpd() { # router: stop it like a reboot (mappings and lease file gone), start it again
+  local r="$1" dir="$STATE_ROOT/$NAME" pid i client gw
+  [[ -f "$dir/miniupnpd-$r.conf" ]] || die "no miniupnpd in $r of lab $NAME"
+  pid="$(cat "$dir/miniupnpd-$r.pid" 2>/dev/null || true)"
+  if [[ -n "$pid" ]] && running "$pid"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < KILL_GRACE_TENTHS * 4; i++)); do running "$pid" || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$dir/miniupnpd-$r.leases" "$dir/miniupnpd-$r.pid"
+  # A rebooted router has lost its forwardings: empty miniupnpd's chains and the conntrack table.
+  for i in miniupnpd prerouting_miniupnpd postrouting_miniupnpd; do nsx "$r" nft flush chain inet filter "$i"; done
+  nsx "$r" conntrack -F >/dev/null 2>&1 || true
+  case "$r" in natA) client=alice ;; *) client=bob ;; esac
+  gw="$(ip -n "$(ns "$r")" -4 -o addr show dev lan0 | awk '{print $4}' | cut -d/ -f1 | head -n1)"
+  bg_in "$r" "$dir/miniupnpd-$r.log" miniupnpd -d -f "$dir/miniupnpd-$r.conf" -P "$dir/miniupnpd-$r.pid"
+  wait_for "$UPNPD_READY_TENTHS" "miniupnpd" timeout 0.5 ip netns exec "$(ns "$client")" natpmpc -g "$gw" \
+    || die "miniupnpd in $r did not come back within $((UPNPD_READY_TENTHS / 10)) s"
+}
+
 # ---------------------------------------------------------------- up
 HOSTS_FILE_LINES=()
 host_line() { HOSTS_FILE_LINES+=("$*"); }
@@ -510,6 +532,11 @@ main() {
       [[ ${#rest[@]} -ge 1 ]] || usage_err "exec needs -- cmd..."
       [[ " $HOSTS " == *" ${pos[1]} "* ]] || usage_err "unknown host '${pos[1]}'"
       exec ip netns exec "$(ns "${pos[1]}")" "${rest[@]}"
+      ;;
+    miniupnpd-restart)
+      [[ ${#pos[@]} -eq 2 && "${pos[1]}" =~ ^(natA|natB)$ ]] || usage_err "miniupnpd-restart needs natA or natB"
+      [[ "$(id -u)" == 0 ]] || die "must run as root"
+      restart_miniupnpd "${pos[1]}"
       ;;
     *) usage_err "unknown command '$cmd'" ;;
   esac

@@ -189,6 +189,20 @@ impl Lab {
         Ok(())
     }
 
+    /// Restarts miniupnpd in `router` ([`Host::NatA`] or [`Host::NatB`]) like a router reboot:
+    /// stops it, empties its forwarding chains, conntrack table and lease file, starts it again
+    /// and waits until it answers NAT-PMP (`natlab.sh miniupnpd-restart`).
+    pub fn restart_miniupnpd(&self, router: Host) -> Result<(), LabError> {
+        let mut cmd = script_cmd();
+        cmd.args([
+            "--name",
+            &self.name,
+            "miniupnpd-restart",
+            &router.to_string(),
+        ]);
+        run_script(cmd, UP_TIMEOUT).map(|_| ())
+    }
+
     /// Tears the lab down now and reports failures (dropping does the same, silently).
     pub fn down(mut self) -> Result<(), LabError> {
         let r = self.teardown();

@@ -220,6 +220,12 @@ pub(super) async fn start(
     internal_port: u16,
 ) -> Result<MappingHandle, Error> {
     let gw = client.gateway;
+    if method == Method::NatPmp && client.internal_ip() != client.local_ip {
+        return Err(Error::Unsupported {
+            method,
+            what: "map for another host (a NAT-PMP mapping always points to the sender)",
+        });
+    }
     let backend = match method {
         Method::NatPmp => Backend::NatPmp(udp::connect(gw).await?),
         Method::Pcp => Backend::Pcp {

@@ -224,3 +224,167 @@ pub(crate) async fn pcp_map(
         epoch_secs: resp.epoch_secs,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! A fake gateway on loopback that answers garbage, stale or error
+    //! responses: the exchanges must drop what does not answer them, turn
+    //! error results into typed errors and always end by the deadline.
+
+    use super::*;
+
+    const WAIT: Duration = Duration::from_millis(400);
+
+    /// A fake gateway that answers every request with `answer(request)`
+    /// (several datagrams each), and a client socket connected to it.
+    async fn fake(
+        answer: impl Fn(&[u8]) -> Vec<Vec<u8>> + Send + 'static,
+    ) -> (UdpSocket, tokio::task::JoinHandle<()>) {
+        let gw = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = gw.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = gw.recv_from(&mut buf).await {
+                for d in answer(&buf[..n]) {
+                    let _ = gw.send_to(&d, from).await;
+                }
+            }
+        });
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        sock.connect(addr).await.unwrap();
+        (sock, task)
+    }
+
+    fn garbage() -> Vec<Vec<u8>> {
+        let wrong_op = natpmp::Response::Short {
+            request_opcode: 2,
+            result: natpmp::ResultCode::Success,
+            epoch_secs: 1,
+        };
+        vec![
+            vec![],
+            vec![0xff; 3],
+            vec![2, 0x81, 0, 0],
+            (0..=255).collect(),
+            wrong_op.emit(),
+            natpmp::Request::ExternalAddress.emit(),
+        ]
+    }
+
+    const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+    #[tokio::test]
+    async fn garbage_is_dropped_and_the_wait_ends() {
+        let (sock, _t) = fake(|_| garbage()).await;
+        let t0 = Instant::now();
+        let e = natpmp_external(&sock, LO, WAIT).await.unwrap_err();
+        assert!(e.is_timeout(), "{e}");
+        let req = pcp::Request::map(
+            pcp::Nonce([7; 12]),
+            Protocol::Tcp,
+            SocketAddrV4::new(LO, 5000),
+            None,
+            60,
+        );
+        let e = pcp_map(&sock, LO, &req, WAIT).await.unwrap_err();
+        assert!(e.is_timeout(), "{e}");
+        assert!(t0.elapsed() < WAIT * 2 + Duration::from_millis(300));
+    }
+
+    #[tokio::test]
+    async fn answer_after_garbage_is_taken() {
+        let (sock, _t) = fake(|req| {
+            let mut out = garbage();
+            if natpmp::Request::parse(req).is_ok() {
+                out.push(
+                    natpmp::Response::ExternalAddress {
+                        result: natpmp::ResultCode::Success,
+                        epoch_secs: 9,
+                        address: Ipv4Addr::new(198, 51, 100, 7),
+                    }
+                    .emit(),
+                );
+            }
+            out
+        })
+        .await;
+        let (ip, epoch) = natpmp_external(&sock, LO, WAIT).await.unwrap();
+        assert_eq!((ip, epoch), (Ipv4Addr::new(198, 51, 100, 7), 9));
+    }
+
+    #[tokio::test]
+    async fn error_results_are_typed() {
+        let (sock, _t) = fake(|req| {
+            if let Ok(r) = pcp::Request::parse(req) {
+                // A stale answer (other nonce) first, then the real refusal.
+                let mut stale = r.clone();
+                if let pcp::OpData::Map(m) = &mut stale.op {
+                    m.nonce = pcp::Nonce([1; 12]);
+                }
+                let resp = |op: pcp::OpData| pcp::Response {
+                    result: pcp::ResultCode::NotAuthorized,
+                    lifetime_secs: 30,
+                    epoch_secs: 5,
+                    op,
+                    options: Vec::new(),
+                };
+                return vec![resp(stale.op).emit().unwrap(), resp(r.op).emit().unwrap()];
+            }
+            let Ok(natpmp::Request::Map {
+                protocol,
+                internal_port,
+                ..
+            }) = natpmp::Request::parse(req)
+            else {
+                return vec![];
+            };
+            vec![
+                natpmp::Response::Map {
+                    protocol,
+                    result: natpmp::ResultCode::NotAuthorized,
+                    epoch_secs: 5,
+                    internal_port,
+                    external_port: 0,
+                    lifetime_secs: 0,
+                }
+                .emit(),
+            ]
+        })
+        .await;
+        let e = natpmp_map(&sock, LO, Protocol::Udp, 5000, 5000, 60, WAIT)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::NatPmp(natpmp::ResultCode::NotAuthorized)),
+            "{e}"
+        );
+        let req = pcp::Request::map(
+            pcp::Nonce([7; 12]),
+            Protocol::Tcp,
+            SocketAddrV4::new(LO, 5000),
+            None,
+            60,
+        );
+        let e = pcp_map(&sock, LO, &req, WAIT).await.unwrap_err();
+        assert!(
+            matches!(e, Error::Pcp(pcp::ResultCode::NotAuthorized)),
+            "{e}"
+        );
+        assert!(e.to_string().contains("NOT_AUTHORIZED"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn silent_gateway_times_out() {
+        // Nothing listens: sends draw ICMP port unreachable; the wait still ends on time.
+        let port = {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap().port()
+        };
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        sock.connect((LO, port)).await.unwrap();
+        let t0 = Instant::now();
+        let e = natpmp_external(&sock, LO, WAIT).await.unwrap_err();
+        assert!(e.is_timeout(), "{e}");
+        assert!(t0.elapsed() >= WAIT && t0.elapsed() < WAIT * 3);
+    }
+}
