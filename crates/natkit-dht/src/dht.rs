@@ -206,6 +206,7 @@ impl DhtBuilder {
 enum Command {
     Start(Request, oneshot::Sender<Outcome>),
     Stats(oneshot::Sender<Stats>),
+    Forget(Id),
 }
 
 /// A running DHT node. Dropping it stops the node task; [`Dht::shutdown`] also waits for it.
@@ -304,7 +305,8 @@ impl Dht {
         Ok(self.stored(Request::Announce(info_hash, port)).await?.1)
     }
 
-    /// Stores an immutable value on the closest nodes; returns its target.
+    /// Stores an immutable value on the closest nodes and republishes it hourly; returns its
+    /// target.
     pub async fn put_immutable(&self, v: Value) -> Result<Id, DhtError> {
         let len = crate::bencode::emit(&v).len();
         if len > crate::bep44::MAX_VALUE_BYTES {
@@ -363,6 +365,14 @@ impl Dht {
             Outcome::Mutable(m) => Ok(m),
             _ => Ok(None),
         }
+    }
+
+    /// Stops republishing our item under `target` (puts are republished hourly until then).
+    pub async fn stop_republishing(&self, target: Id) -> Result<(), DhtError> {
+        self.commands
+            .send(Command::Forget(target))
+            .await
+            .map_err(|_| DhtError::Shutdown)
     }
 
     /// Counters, routing table size and observed address.
@@ -430,6 +440,7 @@ async fn run(
                 Some(Command::Stats(reply)) => {
                     let _ = reply.send(core.stats());
                 }
+                Some(Command::Forget(target)) => core.forget_own(&target),
                 None => break,
             },
             _ = tokio::time::sleep_until(deadline) => core.handle_timeout(Instant::now()),

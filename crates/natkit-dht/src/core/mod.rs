@@ -29,6 +29,13 @@ pub const STORAGE_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
 /// caller cannot make the node hold unbounded state.
 pub const MAX_OPERATIONS: usize = 256;
 
+/// How often our own BEP 44 items are put again (BEP 44: items may expire after 2 hours,
+/// publishers republish hourly).
+pub const REPUBLISH_INTERVAL: Duration = Duration::from_secs(60 * 60);
+
+/// Most of our own items kept for republishing; puts beyond this are not republished.
+pub const MAX_OWN_ITEMS: usize = 1000;
+
 /// Identifies a request given to [`Core::start`].
 pub type OpId = u64;
 
@@ -95,6 +102,8 @@ pub struct Core {
     observed: ObservedAddress,
     limiter: RateLimiter,
     next_storage_expiry: Instant,
+    /// Our own puts, by target, with when to republish them.
+    own_items: HashMap<Id, (Request, Instant)>,
 }
 
 impl Core {
@@ -124,6 +133,7 @@ impl Core {
             observed: ObservedAddress::default(),
             limiter: RateLimiter::default(),
             next_storage_expiry: now + STORAGE_EXPIRY_INTERVAL,
+            own_items: HashMap::new(),
         }
     }
 
@@ -170,6 +180,7 @@ impl Core {
         let txs = self.txs.values().map(|t| t.expires);
         lookups
             .chain(txs)
+            .chain(self.own_items.values().map(|(_, t)| *t))
             .chain([self.table.next_refresh(), self.next_storage_expiry])
             .min()
             .unwrap_or(self.next_storage_expiry)
@@ -226,6 +237,7 @@ impl Core {
             self.events.push_back((op, Outcome::Busy));
             return op;
         }
+        self.remember_own(&req, now);
         let (target, kind, then, extra_seeds) = match req {
             Request::Bootstrap(addrs) => (self.id, LookupKind::FindNode, Then::Report, addrs),
             Request::FindNode(t) => (t, LookupKind::FindNode, Then::Report, vec![]),
@@ -288,6 +300,27 @@ impl Core {
         );
         self.drive(op, now);
         op
+    }
+
+    /// Records our own puts so [`Core::handle_timeout`] republishes them every
+    /// [`REPUBLISH_INTERVAL`] (a mutable item without its `cas`: the put is a refresh).
+    fn remember_own(&mut self, req: &Request, now: Instant) {
+        let (target, again) = match req {
+            Request::PutImmutable(v) => (bep44::immutable_target(v), req.clone()),
+            Request::PutMutable(item, _) => {
+                (item.target(), Request::PutMutable(item.clone(), None))
+            }
+            _ => return,
+        };
+        if self.own_items.len() < MAX_OWN_ITEMS || self.own_items.contains_key(&target) {
+            self.own_items
+                .insert(target, (again, now + REPUBLISH_INTERVAL));
+        }
+    }
+
+    /// Stops republishing the item under `target` (it then expires from the DHT).
+    pub fn forget_own(&mut self, target: &Id) {
+        self.own_items.remove(target);
     }
 
     /// Sends what a lookup wants sent, and finishes it if done.
@@ -466,6 +499,16 @@ impl Core {
                     o.then = Then::Refresh;
                 }
             }
+        }
+        let due: Vec<Request> = self
+            .own_items
+            .values()
+            .filter(|(_, t)| *t <= now)
+            .map(|(r, _)| r.clone())
+            .collect();
+        for req in due {
+            // Its result is reported under an op id nobody waits for.
+            self.start(req, now);
         }
         if now >= self.next_storage_expiry {
             self.server.storage_mut().expire(now);

@@ -120,6 +120,36 @@ fn stale_buckets_are_refreshed_and_requests_time_out() {
 }
 
 #[test]
+fn own_items_are_republished_hourly() {
+    let now = Instant::now();
+    let mut w = Wire::new(4, now);
+    for i in 1..4 {
+        w.cores[i].start(Request::Bootstrap(vec![addr(0)]), now);
+        w.settle();
+    }
+    let v = Value::Int(42);
+    w.cores[1].start(Request::PutImmutable(v.clone()), now);
+    w.settle();
+    let puts = |c: &Core| c.stats().queries_out.get("put").copied().unwrap_or(0);
+    let before = puts(&w.cores[1]);
+    assert!(before > 0);
+    let later = now + REPUBLISH_INTERVAL;
+    assert!(w.cores[1].next_deadline() <= later);
+    w.now = later;
+    w.cores[1].handle_timeout(later);
+    w.settle();
+    assert!(puts(&w.cores[1]) > before, "republished");
+    // Forgotten items are not.
+    w.cores[1].forget_own(&bep44::immutable_target(&v));
+    let after = puts(&w.cores[1]);
+    let much_later = later + REPUBLISH_INTERVAL;
+    w.now = much_later;
+    w.cores[1].handle_timeout(much_later);
+    w.settle();
+    assert_eq!(puts(&w.cores[1]), after);
+}
+
+#[test]
 fn read_only_cores_answer_nothing_and_flag_their_queries() {
     let now = Instant::now();
     let table = RoutingTable::new(Id([1; 20]), now);
