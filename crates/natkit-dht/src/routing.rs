@@ -7,7 +7,7 @@
 //! new last bucket.
 //!
 //! Time is passed in (`now: Instant`); nothing here sends packets. When a full bucket holds a
-//! questionable node, [`RoutingTable::insert`] says which one to ping ([`Insert::PingFirst`]);
+//! questionable node, [`RoutingTable::heard_from`] says which one to ping ([`Insert::PingFirst`]);
 //! the caller pings it and reports the result with [`RoutingTable::heard_from`] or
 //! [`RoutingTable::failed`]. The new node waits as the bucket's replacement and takes the
 //! questionable node's place once that one turns bad.
@@ -40,7 +40,7 @@ pub const BAD_AFTER_FAILURES: u32 = 2;
 /// in its range (BEP 5: 15 minutes).
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(15 * 60);
 
-/// Largest routing-table file accepted by [`RoutingTable::load`], in bytes: 160 full buckets of
+/// Largest routing-table file accepted by [`SavedTable::load`], in bytes: 160 full buckets of
 /// 26-byte compact nodes plus framing is ~33 KiB; anything far larger is not ours.
 pub const MAX_TABLE_FILE_BYTES: usize = 64 * 1024;
 

@@ -6,6 +6,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::bencode::Value;
+use crate::krpc;
 use crate::routing::REFRESH_INTERVAL;
 
 fn addr(i: u16) -> SocketAddrV4 {
