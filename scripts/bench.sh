@@ -3,11 +3,23 @@
 # `<name>: key=value ...`. Results are recorded in BENCHMARKS.md.
 #
 #   scripts/bench.sh lines [--quick]   # line throughput vs raw TCP; RSS of idle connections
+#   scripts/bench.sh portmap [ROUNDS]  # time to a working mapping (natkit per method, upnpc,
+#                                      # natpmpc) in a NAT lab; needs root and the lab tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-}
 shift || true
 case "$what" in
   lines) exec cargo bench --quiet --bench lines -- "$@" ;;
-  *) echo "usage: scripts/bench.sh lines [--quick]" >&2; exit 2 ;;
+  portmap)
+    rounds=${1:-5}
+    [[ "$rounds" =~ ^[0-9]{1,3}$ && "$rounds" -ge 1 ]] || { echo "bench.sh portmap: ROUNDS must be 1-999" >&2; exit 2; }
+    cargo build --quiet --release --bin natkit
+    target=${CARGO_TARGET_DIR:-target}
+    lab="pmbench$$"
+    trap 'scripts/natlab.sh --name "$lab" down >/dev/null 2>&1 || true' EXIT
+    scripts/natlab.sh --name "$lab" up cone cone --upnp natA --owner $$ >/dev/null
+    /usr/bin/python3 scripts/lab/portmap_bench.py "$lab" "$(realpath "$target")/release/natkit" "$rounds"
+    ;;
+  *) echo "usage: scripts/bench.sh lines [--quick] | portmap [ROUNDS]" >&2; exit 2 ;;
 esac

@@ -58,14 +58,15 @@ pub enum MapAction {
     },
     /// List the gateway's mappings (UPnP only: NAT-PMP and PCP cannot list).
     List,
-    /// Remove a mapping (UPnP: by external port; NAT-PMP: by internal port).
+    /// Remove a mapping (UPnP: by external port; NAT-PMP: by internal port; PCP: only with the
+    /// creating process's nonce). Auto tries every method.
     Remove {
         /// The port.
         port: u16,
         /// Transport protocol.
         #[arg(long, value_enum, default_value_t = ProtoArg::Tcp)]
         proto: ProtoArg,
-        /// Mapping protocol; auto tries PCP, NAT-PMP, then UPnP.
+        /// Mapping protocol; auto tries all of PCP, NAT-PMP and UPnP.
         #[arg(long, value_enum, default_value_t = MethodArg::Auto)]
         method: MethodArg,
     },
@@ -152,18 +153,28 @@ pub fn run(cli: &Cli, cmd: &MapCommand) -> anyhow::Result<()> {
             method,
         } => {
             let client = BlockingClient::new(config).context("port mapping")?;
+            let proto: Protocol = (*proto).into();
             let used = client
-                .remove((*proto).into(), *port, method.method())
-                .with_context(|| format!("removing {} port {port}", proto_name((*proto).into())))?;
+                .remove(proto, *port, method.method())
+                .with_context(|| {
+                    let why = if *method == MethodArg::Pcp {
+                        " (a PCP mapping can be deleted only with the nonce of the process that made it)"
+                    } else {
+                        ""
+                    };
+                    format!("removing {} port {port}{why}", proto_name(proto))
+                })?;
+            let names: Vec<&str> = used.iter().map(|m| m.name()).collect();
             if cli.json {
                 println!(
                     "{}",
-                    json!({"event": "removed", "method": used.name(), "protocol": proto_name((*proto).into()), "port": port})
+                    json!({"event": "removed", "methods": names, "protocol": proto_name(proto), "port": port})
                 );
             } else {
                 println!(
-                    "removed {} port {port} via {used}",
-                    proto_name((*proto).into())
+                    "removed {} port {port} via {}",
+                    proto_name(proto),
+                    names.join(", ")
                 );
             }
             Ok(())

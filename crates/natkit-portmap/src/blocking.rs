@@ -50,7 +50,7 @@ impl BlockingClient {
         protocol: Protocol,
         port: u16,
         method: Option<Method>,
-    ) -> Result<Method, Error> {
+    ) -> Result<Vec<Method>, Error> {
         self.rt.block_on(self.client.remove(protocol, port, method))
     }
 

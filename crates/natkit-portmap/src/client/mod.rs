@@ -9,6 +9,7 @@ mod lease_task;
 mod udp;
 mod upnp;
 
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
@@ -171,87 +172,61 @@ impl Client {
         self.config.methods.contains(&m)
     }
 
-    /// Probes every allowed method in parallel, each with the probe timeout.
-    pub async fn probe(&self) -> ProbeReport {
+    /// Probes one method (the future owns what it needs, so it can be spawned).
+    fn probe_one(&self, method: Method) -> impl Future<Output = MethodProbe> + Send + 'static {
         let wait = self.config.probe_timeout;
         let (gw, me) = (self.gateway, self.local_ip);
-        let timed = |method: Method, fut| async move {
+        let url = self.config.upnp_url.clone();
+        async move {
             let t0 = Instant::now();
-            let r: Result<Option<Ipv4Addr>, Error> = fut.await;
-            let elapsed_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let r: Result<Option<Ipv4Addr>, Error> = match method {
+                Method::Pcp => match udp::connect(gw).await {
+                    Ok(sock) => udp::pcp_announce(&sock, gw, me, wait).await.map(|_| None),
+                    Err(e) => Err(e),
+                },
+                Method::NatPmp => match udp::connect(gw).await {
+                    Ok(sock) => udp::natpmp_external(&sock, gw, wait)
+                        .await
+                        .map(|(ip, _)| Some(ip)),
+                    Err(e) => Err(e),
+                },
+                Method::Upnp => {
+                    upnp::within(gw, wait, async {
+                        let igd = upnp::discover(gw, url.as_deref(), wait).await?;
+                        upnp::external_ip(&igd).await.map(Some)
+                    })
+                    .await
+                }
+            };
             MethodProbe {
                 method,
                 available: r.is_ok(),
                 external_ip: r.as_ref().ok().copied().flatten(),
                 error: r.err().map(|e| e.to_string()),
-                elapsed_ms,
+                elapsed_ms: u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
             }
-        };
-        let pcp = timed(
-            Method::Pcp,
-            Box::pin(async move {
-                let sock = udp::connect(gw).await?;
-                udp::pcp_announce(&sock, gw, me, wait).await.map(|_| None)
-            }) as BoxFut,
-        );
-        let pmp = timed(
-            Method::NatPmp,
-            Box::pin(async move {
-                let sock = udp::connect(gw).await?;
-                udp::natpmp_external(&sock, gw, wait)
-                    .await
-                    .map(|(ip, _)| Some(ip))
-            }) as BoxFut,
-        );
-        let url = self.config.upnp_url.clone();
-        let igd = timed(
-            Method::Upnp,
-            Box::pin(async move {
-                upnp::within(gw, wait, async {
-                    let igd = upnp::discover(gw, url.as_deref(), wait).await?;
-                    upnp::external_ip(&igd).await.map(Some)
-                })
-                .await
-            }) as BoxFut,
-        );
-        let skip = |m: Method| MethodProbe {
-            method: m,
-            available: false,
-            external_ip: None,
-            error: Some("not allowed by the configuration".into()),
-            elapsed_ms: 0,
-        };
-        let (a, b, c) = tokio::join!(
-            async {
-                if self.allowed(Method::Pcp) {
-                    pcp.await
-                } else {
-                    skip(Method::Pcp)
-                }
-            },
-            async {
-                if self.allowed(Method::NatPmp) {
-                    pmp.await
-                } else {
-                    skip(Method::NatPmp)
-                }
-            },
-            async {
-                if self.allowed(Method::Upnp) {
-                    igd.await
-                } else {
-                    skip(Method::Upnp)
-                }
-            },
-        );
-        let methods: Vec<MethodProbe> = [a, b, c]
+        }
+    }
+
+    /// The allowed methods, most preferred first.
+    fn allowed_methods(&self) -> Vec<Method> {
+        Method::BY_PREFERENCE
             .into_iter()
-            .filter(|m| self.allowed(m.method))
-            .collect();
+            .filter(|m| self.allowed(*m))
+            .collect()
+    }
+
+    /// Probes every allowed method in parallel, each with the probe timeout.
+    pub async fn probe(&self) -> ProbeReport {
+        let probes = self
+            .allowed_methods()
+            .into_iter()
+            .map(|m| self.probe_one(m));
+        let methods: Vec<MethodProbe> = futures::future::join_all(probes).await;
         let external_ip = methods.iter().find_map(|m| m.external_ip);
         ProbeReport {
-            gateway: gw,
-            local_ip: me,
+            gateway: self.gateway,
+            local_ip: self.local_ip,
             methods,
             external_ip,
             external_is_global: external_ip.map(is_global_ipv4),
@@ -259,60 +234,70 @@ impl Client {
     }
 
     /// Maps `internal_port` (TCP or UDP), asking for the same external port
-    /// first. With one allowed method it is used directly; with several, they
-    /// are probed in parallel and the best that answered is used (falling
-    /// back to the next if the mapping request fails). The first grant has
-    /// happened when this returns; a task owned by the handle renews it.
+    /// first. With one allowed method it is used directly; with several, all
+    /// are probed in parallel and the most preferred one that answers is used
+    /// as soon as every more preferred probe has finished (a slow UPnP probe
+    /// does not delay PCP), falling back to the next if the mapping request
+    /// fails. The first grant has happened when this returns; a task owned by
+    /// the handle renews it.
     pub async fn map(
         &self,
         protocol: Protocol,
         internal_port: u16,
     ) -> Result<MappingHandle, Error> {
-        let candidates: Vec<Method> = if self.config.methods.len() == 1 {
-            self.config.methods.clone()
-        } else {
-            let report = self.probe().await;
-            let found: Vec<Method> = report
-                .methods
-                .iter()
-                .filter(|m| m.available)
-                .map(|m| m.method)
-                .collect();
-            if found.is_empty() {
-                return Err(Error::NoMethod {
-                    gateway: self.gateway,
-                    tried: summary(&report),
-                });
-            }
-            found
-        };
+        let methods = self.allowed_methods();
+        if let [only] = methods[..] {
+            return lease_task::start(self.clone(), only, protocol, internal_port).await;
+        }
+        // Spawned so that all run at once; the rest are aborted once one maps.
+        let probes: Vec<AbortOnDrop> = methods
+            .iter()
+            .map(|m| AbortOnDrop(Some(tokio::spawn(self.probe_one(*m)))))
+            .collect();
         let mut first_err = None;
-        for method in candidates {
+        let mut tried = Vec::new();
+        for mut probe in probes {
+            let Some(task) = probe.0.take() else { continue };
+            let Ok(report) = task.await else { continue };
+            let method = report.method;
+            if !report.available {
+                let why = report.error.as_deref().unwrap_or("no answer");
+                tried.push(format!("{method}: {why}"));
+                continue;
+            }
             match lease_task::start(self.clone(), method, protocol, internal_port).await {
                 Ok(h) => return Ok(h),
                 Err(e) => {
                     tracing::info!(%method, "mapping failed: {e}");
+                    tried.push(format!("{method}: {e}"));
                     first_err.get_or_insert(e);
                 }
             }
         }
         Err(first_err.unwrap_or(Error::NoMethod {
             gateway: self.gateway,
-            tried: "none allowed".into(),
+            tried: if tried.is_empty() {
+                "none allowed".into()
+            } else {
+                tried.join("; ")
+            },
         }))
     }
 
     /// Removes a mapping made earlier (by this or another process) with
-    /// `method` (`None`: the first allowed method that succeeds). NAT-PMP
-    /// deletes by internal port; UPnP by external port (taken equal to
-    /// `port`); PCP deletes only with the nonce of the MAP that made the
-    /// mapping, so a fresh delete works only on gateways that ignore it.
+    /// `method`, or with `None` with every allowed method (the mapping's
+    /// method may be unknown); returns the methods whose delete succeeded.
+    /// NAT-PMP deletes by internal port and cannot tell whether a mapping
+    /// existed; UPnP deletes by external port (taken equal to `port`) and
+    /// says 714 if there was none; PCP deletes only with the nonce of the MAP
+    /// that made the mapping, so gateways that check it (miniupnpd) refuse a
+    /// delete from another process with NOT_AUTHORIZED.
     pub async fn remove(
         &self,
         protocol: Protocol,
         port: u16,
         method: Option<Method>,
-    ) -> Result<Method, Error> {
+    ) -> Result<Vec<Method>, Error> {
         let methods: Vec<Method> = match method {
             Some(m) => vec![m],
             None => Method::BY_PREFERENCE
@@ -320,19 +305,24 @@ impl Client {
                 .filter(|m| self.allowed(*m))
                 .collect(),
         };
+        let mut done = Vec::new();
         let mut first_err = None;
         for m in methods {
             match self.remove_with(m, protocol, port).await {
-                Ok(()) => return Ok(m),
+                Ok(()) => done.push(m),
                 Err(e) => {
+                    tracing::info!(method = %m, "delete failed: {e}");
                     first_err.get_or_insert(e);
                 }
             }
         }
-        Err(first_err.unwrap_or(Error::NoMethod {
-            gateway: self.gateway,
-            tried: "none allowed".into(),
-        }))
+        if done.is_empty() {
+            return Err(first_err.unwrap_or(Error::NoMethod {
+                gateway: self.gateway,
+                tried: "none allowed".into(),
+            }));
+        }
+        Ok(done)
     }
 
     async fn remove_with(
@@ -405,17 +395,15 @@ impl Client {
     }
 }
 
-type BoxFut =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<Ipv4Addr>, Error>> + Send>>;
+/// Aborts a spawned probe that is no longer needed.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<MethodProbe>>);
 
-/// One line: what each method said.
-fn summary(report: &ProbeReport) -> String {
-    report
-        .methods
-        .iter()
-        .map(|m| format!("{}: {}", m.method, m.error.as_deref().unwrap_or("ok")))
-        .collect::<Vec<_>>()
-        .join("; ")
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.abort();
+        }
+    }
 }
 
 /// The default route's IPv4 gateway, from netdev.
