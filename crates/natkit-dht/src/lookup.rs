@@ -381,6 +381,12 @@ impl Lookup {
         sample
     }
 
+    /// Takes the values our own node stores for the target (as an answer of our own server
+    /// would carry them): when we are among the closest nodes, the item may be only here.
+    pub fn absorb_local(&mut self, r: &Response) {
+        self.take_values(r);
+    }
+
     fn take_values(&mut self, r: &Response) {
         match &self.kind {
             LookupKind::FindNode => {}
@@ -399,10 +405,16 @@ impl Lookup {
                     self.immutable = Some(v.clone());
                 }
             }
-            LookupKind::GetMutable { salt, .. } => {
+            LookupKind::GetMutable {
+                salt,
+                more_recent_than,
+            } => {
                 let (Some(k), Some(seq), Some(sig), Some(v)) = (r.k, r.seq, r.sig, &r.v) else {
                     return;
                 };
+                if more_recent_than.is_some_and(|m| seq <= m) {
+                    return;
+                }
                 let item = MutableItem {
                     k,
                     salt: salt.clone(),

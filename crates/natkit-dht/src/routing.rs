@@ -435,18 +435,19 @@ impl RoutingTable {
     /// A target in bucket `index`'s range built from `random` bytes, and marks the bucket as
     /// refreshed at `now` (the caller then runs `find_node` on it).
     pub fn refresh_target(&mut self, index: usize, random: [u8; ID_BYTES], now: Instant) -> Id {
-        let mut out = random;
         let last = self.buckets.len() - 1;
-        for bit in 0..index.min(ID_BITS) {
-            set_bit(&mut out, bit, get_bit(&self.own.0, bit));
-        }
-        if index < last {
-            set_bit(&mut out, index, !get_bit(&self.own.0, index));
-        }
         if let Some(b) = self.buckets.get_mut(index) {
             b.last_changed = now;
         }
-        Id(out)
+        if index < last {
+            id_sharing_prefix(&self.own, index, random)
+        } else {
+            let mut out = random;
+            for bit in 0..index.min(ID_BITS) {
+                set_bit(&mut out, bit, get_bit(&self.own.0, bit));
+            }
+            Id(out)
+        }
     }
 
     /// The table's saved form.
@@ -466,6 +467,19 @@ impl RoutingTable {
         }
         t
     }
+}
+
+/// An id sharing exactly `len` leading bits with `own` (the rest from `random`): a target in
+/// the bucket at that prefix length. `len` ≥ 160 gives `own`'s prefix on every bit.
+pub fn id_sharing_prefix(own: &Id, len: usize, random: [u8; ID_BYTES]) -> Id {
+    let mut out = random;
+    for bit in 0..len.min(ID_BITS) {
+        set_bit(&mut out, bit, get_bit(&own.0, bit));
+    }
+    if len < ID_BITS {
+        set_bit(&mut out, len, !get_bit(&own.0, len));
+    }
+    Id(out)
 }
 
 fn get_bit(bytes: &[u8; ID_BYTES], bit: usize) -> bool {

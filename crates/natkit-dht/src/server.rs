@@ -254,6 +254,27 @@ impl Server {
         self.finish(m, from)
     }
 
+    /// What this node itself stores under `target` (peers, or a BEP 44 item), as a response
+    /// would carry it, for our own lookups.
+    pub fn local_answer(&self, target: &Id, now: Instant) -> Response {
+        let mut r = Response::new(self.id);
+        let peers = self.storage.peers(target, now);
+        if !peers.is_empty() {
+            r.values = Some(peers);
+        }
+        match self.storage.get(target, now) {
+            Some(Item::Immutable(v)) => r.v = Some(v.clone()),
+            Some(Item::Mutable(item)) => {
+                r.k = Some(item.k);
+                r.seq = Some(item.seq);
+                r.sig = Some(item.sig);
+                r.v = Some(item.v.clone());
+            }
+            None => {}
+        }
+        r
+    }
+
     fn get(
         &mut self,
         from: SocketAddr,

@@ -2,7 +2,12 @@
 
 use std::net::SocketAddr;
 
+use futures::StreamExt;
+
 use crate::dht::{Dht, DhtError};
+
+/// Nodes re-bootstrapping at once in [`Testnet::new`]'s second round.
+pub const TESTNET_BOOTSTRAP_CONCURRENCY: usize = 4;
 
 /// n nodes on 127.0.0.1: the first starts alone, each other bootstraps from the first, then
 /// every node bootstraps once more so the early joiners learn about the later ones.
@@ -27,8 +32,14 @@ impl Testnet {
                 .await?;
             nodes.push(node);
         }
+        // A few at a time: all at once would overflow the first nodes' UDP receive buffers, and
+        // each lost request costs a timeout.
         let rounds = nodes.iter().skip(1).map(|n| n.bootstrap());
-        for r in futures::future::join_all(rounds).await {
+        let results: Vec<_> = futures::stream::iter(rounds)
+            .buffer_unordered(TESTNET_BOOTSTRAP_CONCURRENCY)
+            .collect()
+            .await;
+        for r in results {
             r?;
         }
         Ok(Testnet { nodes })

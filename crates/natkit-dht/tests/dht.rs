@@ -320,3 +320,31 @@ async fn routing_table_is_saved_and_reloaded() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_64_node_network_finds_the_true_closest_nodes_and_items() {
+    timed(async {
+        let net = Testnet::new(64).await.expect("testnet");
+        for i in 0..16usize {
+            let v = Value::Int(1000 + i as i64);
+            let target = net.nodes[i * 3]
+                .put_immutable(v.clone())
+                .await
+                .expect("put");
+            let got = net.nodes[63 - i].get_immutable(target).await.expect("get");
+            assert_eq!(got, Some(v), "item {i}");
+            let from = &net.nodes[(i * 7) % 64];
+            let found = from.find_node(target).await.expect("find_node");
+            let truth = net
+                .nodes
+                .iter()
+                .map(Dht::id)
+                .filter(|id| *id != from.id())
+                .min_by_key(|id| target.distance(id))
+                .expect("nodes");
+            assert_eq!(found.first().map(|n| n.id), Some(truth), "lookup {i}");
+        }
+        net.shutdown().await;
+    })
+    .await;
+}

@@ -13,7 +13,7 @@ use crate::bep44;
 use crate::id::{Id, NodeInfo};
 use crate::krpc::{Kind, Message, PutItem, Query};
 use crate::lookup::{K, Lookup, LookupKind, RttEstimator};
-use crate::routing::RoutingTable;
+use crate::routing::{ID_BITS, RoutingTable, id_sharing_prefix};
 use crate::server::{CLIENT_VERSION, Server};
 use crate::sim::SplitMix;
 use crate::stats::{ObservedAddress, RateLimiter, Stats};
@@ -36,6 +36,11 @@ pub const REPUBLISH_INTERVAL: Duration = Duration::from_secs(60 * 60);
 /// Most of our own items kept for republishing; puts beyond this are not republished.
 pub const MAX_OWN_ITEMS: usize = 1000;
 
+/// After the bootstrap lookup on our own id, a `find_node` runs for a random id at each prefix
+/// length from 0 up to the table's depth (at least this many), so the far buckets fill up and
+/// the node is known on both sides of the id space, not only near its own id.
+pub const MIN_BOOTSTRAP_REFRESH_DEPTH: usize = 4;
+
 /// Identifies a request given to [`Core::start`].
 pub type OpId = u64;
 
@@ -47,6 +52,10 @@ pub use request::{Outcome, Request};
 #[derive(Debug)]
 enum Then {
     Report,
+    /// Refresh the buckets, then report the bootstrap lookup's nodes.
+    Bootstrap,
+    /// A bucket refresh started by a bootstrap: tell the parent when done.
+    Child(OpId),
     Announce(Option<u16>),
     Put(Box<PutItem>),
     Refresh,
@@ -60,6 +69,11 @@ enum Phase {
         pending: usize,
         accepted: usize,
         errors: Vec<i64>,
+    },
+    /// Waiting for child lookups (bootstrap's bucket refreshes).
+    Waiting {
+        nodes: Vec<NodeInfo>,
+        children: usize,
     },
 }
 
@@ -176,7 +190,7 @@ impl Core {
     pub fn next_deadline(&self) -> Instant {
         let lookups = self.ops.values().filter_map(|op| match &op.phase {
             Phase::Lookup(l) => l.next_deadline(),
-            Phase::Storing { .. } => None,
+            Phase::Storing { .. } | Phase::Waiting { .. } => None,
         });
         let txs = self.txs.values().map(|t| t.expires);
         lookups
@@ -239,8 +253,33 @@ impl Core {
             return op;
         }
         self.remember_own(&req, now);
+        self.launch(op, req, None, now);
+        op
+    }
+
+    /// Starts an internal request (no event for it); false if too many are running.
+    fn start_internal(&mut self, req: Request, then: Then, now: Instant) -> bool {
+        if self.ops.len() >= MAX_OPERATIONS {
+            return false;
+        }
+        let op = self.next_op;
+        self.next_op += 1;
+        self.launch(op, req, Some(then), now);
+        true
+    }
+
+    fn random_bytes(&mut self) -> [u8; 20] {
+        let mut random = [0u8; 20];
+        for c in random.chunks_mut(8) {
+            let r = self.rng.next_u64().to_be_bytes();
+            c.copy_from_slice(&r[..c.len()]);
+        }
+        random
+    }
+
+    fn launch(&mut self, op: OpId, req: Request, then_override: Option<Then>, now: Instant) {
         let (target, kind, then, extra_seeds) = match req {
-            Request::Bootstrap(addrs) => (self.id, LookupKind::FindNode, Then::Report, addrs),
+            Request::Bootstrap(addrs) => (self.id, LookupKind::FindNode, Then::Bootstrap, addrs),
             Request::FindNode(t) => (t, LookupKind::FindNode, Then::Report, vec![]),
             Request::GetPeers(t) => (t, LookupKind::GetPeers, Then::Report, vec![]),
             Request::Announce(t, port) => (t, LookupKind::GetPeers, Then::Announce(port), vec![]),
@@ -291,16 +330,32 @@ impl Core {
             *b ^= n[1];
             seeds.push(NodeInfo { id, addr: *addr });
         }
-        let lookup = Lookup::new(self.id, target, kind, &seeds, self.rtt);
+        let mut lookup = Lookup::new(self.id, target, kind, &seeds, self.rtt);
+        lookup.absorb_local(&self.server.local_answer(&target, now));
         self.ops.insert(
             op,
             Op {
                 phase: Phase::Lookup(Box::new(lookup)),
-                then,
+                then: then_override.unwrap_or(then),
             },
         );
         self.drive(op, now);
-        op
+    }
+
+    fn child_done(&mut self, parent: OpId) {
+        let Some(Op {
+            phase: Phase::Waiting { nodes, children },
+            ..
+        }) = self.ops.get_mut(&parent)
+        else {
+            return;
+        };
+        *children = children.saturating_sub(1);
+        if *children == 0 {
+            let nodes = std::mem::take(nodes);
+            self.ops.remove(&parent);
+            self.events.push_back((parent, Outcome::Nodes(nodes)));
+        }
     }
 
     /// Records our own puts so [`Core::handle_timeout`] republishes them every
@@ -373,6 +428,34 @@ impl Core {
                 self.ops.remove(&op_id);
                 return;
             }
+            (Then::Child(parent), _) => {
+                let parent = *parent;
+                self.ops.remove(&op_id);
+                return self.child_done(parent);
+            }
+            (Then::Bootstrap, _) => {
+                let nodes = lookup.closest_answered();
+                let depth = self
+                    .table
+                    .bucket_count()
+                    .saturating_sub(1)
+                    .clamp(MIN_BOOTSTRAP_REFRESH_DEPTH, ID_BITS);
+                if let Some(op) = self.ops.get_mut(&op_id) {
+                    op.phase = Phase::Waiting {
+                        nodes,
+                        children: depth,
+                    };
+                }
+                for len in 0..depth {
+                    let random = self.random_bytes();
+                    let target = id_sharing_prefix(&self.id, len, random);
+                    let req = Request::FindNode(target);
+                    if !self.start_internal(req, Then::Child(op_id), now) {
+                        self.child_done(op_id);
+                    }
+                }
+                return;
+            }
             (Then::Announce(port), _) => {
                 let (ih, port) = (lookup.target(), *port);
                 let targets = lookup.closest_with_tokens();
@@ -393,6 +476,11 @@ impl Core {
                 let target = lookup.target();
                 let item = (**item).clone();
                 let targets = lookup.closest_with_tokens();
+                // Among the closest ourselves? Then keep a copy too (we never query ourselves).
+                let kth = targets.get(K - 1).map(|(n, _)| target.distance(&n.id));
+                if kth.is_none_or(|d| target.distance(&self.id) < d) {
+                    self.store_locally(target, &item, now);
+                }
                 let queries = targets
                     .into_iter()
                     .map(|(n, token)| {
@@ -409,6 +497,31 @@ impl Core {
         };
         self.ops.remove(&op_id);
         self.events.push_back((op_id, outcome));
+    }
+
+    fn store_locally(&mut self, target: Id, item: &PutItem, now: Instant) {
+        let storage = self.server.storage_mut();
+        match item {
+            PutItem::Immutable { v } => storage.put_immutable(target, v.clone(), now),
+            PutItem::Mutable {
+                k,
+                salt,
+                seq,
+                cas,
+                sig,
+                v,
+            } => {
+                let m = bep44::MutableItem {
+                    k: *k,
+                    salt: salt.clone().unwrap_or_default(),
+                    seq: *seq,
+                    v: v.clone(),
+                    sig: *sig,
+                };
+                // A refusal (older than what we hold) changes nothing locally.
+                let _ = storage.put_mutable(target, m, *cas, now);
+            }
+        }
     }
 
     fn store(&mut self, op_id: OpId, target: Id, queries: Vec<(NodeInfo, Query)>, now: Instant) {
@@ -489,16 +602,9 @@ impl Core {
         }
         if !self.table.is_empty() && self.ops.len() < MAX_OPERATIONS / 2 {
             for i in self.table.buckets_to_refresh(now) {
-                let mut random = [0u8; 20];
-                for c in random.chunks_mut(8) {
-                    let r = self.rng.next_u64().to_be_bytes();
-                    c.copy_from_slice(&r[..c.len()]);
-                }
+                let random = self.random_bytes();
                 let target = self.table.refresh_target(i, random, now);
-                let op = self.start(Request::FindNode(target), now);
-                if let Some(o) = self.ops.get_mut(&op) {
-                    o.then = Then::Refresh;
-                }
+                self.start_internal(Request::FindNode(target), Then::Refresh, now);
             }
         }
         let due: Vec<Request> = self
