@@ -425,6 +425,7 @@ fn usage_errors_exit_2() {
         &["map", "add"][..],
         &["map", "add", "70000"],
         &["map", "add", "80", "--method", "carrier-pigeon"],
+        &["map", "add", "80", "--lease", "0"],
         &["map", "remove", "80", "--proto", "sctp"],
     ] {
         let out = std::process::Command::new(natkit())

@@ -47,7 +47,8 @@ pub enum MapAction {
         #[arg(long, value_enum, default_value_t = ProtoArg::Tcp)]
         proto: ProtoArg,
         /// Lease to ask for, in seconds (renewed at half-life).
-        #[arg(long, value_name = "SECS", default_value_t = 7200)]
+        #[arg(long, value_name = "SECS", default_value_t = 7200,
+              value_parser = clap::value_parser!(u32).range(1..))]
         lease: u32,
         /// Mapping protocol; auto probes all and takes PCP, then NAT-PMP, then UPnP.
         #[arg(long, value_enum, default_value_t = MethodArg::Auto)]
@@ -134,11 +135,6 @@ pub fn run(cli: &Cli, cmd: &MapCommand) -> anyhow::Result<()> {
             method,
             internal_ip,
         } => {
-            if *lease == 0 {
-                anyhow::bail!(
-                    "--lease must be at least 1 second (natkit never asks for permanent mappings)"
-                );
-            }
             config.lease = Duration::from_secs(u64::from(*lease));
             config.internal_ip = *internal_ip;
             if let Some(m) = method.method() {

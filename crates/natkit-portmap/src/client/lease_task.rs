@@ -63,7 +63,9 @@ pub struct MappingStatus {
 }
 
 /// A port mapping kept alive in the background. Dropping the handle (or
-/// [`MappingHandle::remove`]) deletes the mapping and ends the task.
+/// [`MappingHandle::remove`]) deletes the mapping and ends the task. The
+/// delete after a drop runs on the tokio runtime: if the runtime may shut
+/// down right after, call `remove().await` instead, which waits for it.
 #[derive(Debug)]
 pub struct MappingHandle {
     status: watch::Receiver<MappingStatus>,
