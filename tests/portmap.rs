@@ -437,3 +437,56 @@ fn usage_errors_exit_2() {
         assert!(err.starts_with("natkit: usage error: "), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn silent_gateway_is_a_clean_failure() {
+    // Carol runs no gateway software: every probe must time out, quickly and cleanly.
+    let Some(lab) = lab("portmap_silent_gateway") else {
+        return;
+    };
+    let carol = lab.ip(Host::Carol).to_string();
+    let t0 = std::time::Instant::now();
+    let probe = lab
+        .run(
+            Host::Alice,
+            &[
+                natkit(),
+                "map",
+                "--gateway",
+                &carol,
+                "--timeout-ms",
+                "300",
+                "probe",
+            ],
+        )
+        .expect("natkit map probe");
+    assert_eq!(probe.status.code(), Some(1), "{probe:?}");
+    assert!(probe.stdout.contains("pcp:     no"), "{probe:?}");
+    assert!(
+        probe.stderr.trim().starts_with("natkit: error: ") && !probe.stderr.trim().contains('\n'),
+        "{probe:?}"
+    );
+    let add = lab
+        .run(
+            Host::Alice,
+            &[
+                natkit(),
+                "map",
+                "--gateway",
+                &carol,
+                "--timeout-ms",
+                "300",
+                "add",
+                "6610",
+            ],
+        )
+        .expect("natkit map add");
+    assert_eq!(add.status.code(), Some(1), "{add:?}");
+    assert!(add.stderr.contains("speaks none"), "{add:?}");
+    // Two runs, each bounded by one probe timeout (plus process start).
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
+}
