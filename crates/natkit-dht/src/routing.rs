@@ -282,6 +282,13 @@ impl RoutingTable {
         let Some(mut b) = self.bucket_of(&node.id) else {
             return Insert::Dropped;
         };
+        // One entry per address: a sender cycling through ids cannot fill the table.
+        if self
+            .entries()
+            .any(|e| e.node.addr == node.addr && e.node.id != node.id)
+        {
+            return Insert::Dropped;
+        }
         loop {
             let count = self.buckets.len();
             let bucket = &mut self.buckets[b];

@@ -34,15 +34,19 @@ fn only_the_own_bucket_splits() {
     let mut t = RoutingTable::new(own, now);
     // 8 far nodes (first bit differs) fill the single bucket; a 9th near node splits it.
     for i in 0..K as u8 {
-        t.heard_from(node(id_with_prefix(0x80, i), 10), Contact::Response, now);
+        t.heard_from(
+            node(id_with_prefix(0x80, i), 10 + u16::from(i)),
+            Contact::Response,
+            now,
+        );
     }
     assert_eq!(t.bucket_count(), 1);
-    let near = node(id_with_prefix(0x01, 1), 11);
+    let near = node(id_with_prefix(0x01, 1), 200);
     assert_eq!(t.heard_from(near, Contact::Response, now), Insert::Added);
     assert!(t.bucket_count() >= 2);
     let buckets = t.bucket_count();
     // The far bucket no longer covers our id: a 9th far node (all good) is dropped, no split.
-    let far = node(id_with_prefix(0xc0, 99), 12);
+    let far = node(id_with_prefix(0xc0, 99), 201);
     assert_eq!(t.heard_from(far, Contact::Response, now), Insert::Dropped);
     assert_eq!(t.bucket_count(), buckets);
     assert_eq!(t.len(), K + 1);
@@ -239,4 +243,18 @@ fn malformed_files_are_typed_errors() {
         SavedTable::from_bytes(&huge),
         Err(TableFileError::TooBig { .. })
     ));
+}
+
+#[test]
+fn one_entry_per_address() {
+    let now = Instant::now();
+    let mut t = RoutingTable::new(Id([0; 20]), now);
+    let a = node(id_with_prefix(0x80, 1), 7);
+    let same_addr = node(id_with_prefix(0x40, 2), 7);
+    assert_eq!(t.heard_from(a, Contact::Response, now), Insert::Added);
+    assert_eq!(
+        t.heard_from(same_addr, Contact::Query, now),
+        Insert::Dropped
+    );
+    assert_eq!(t.len(), 1);
 }
