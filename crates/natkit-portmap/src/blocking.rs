@@ -1,4 +1,4 @@
-//! A blocking facade over the tokio [`Client`](crate::Client), for programs
+//! A blocking facade over the tokio [`Client`], for programs
 //! without a runtime (the `natkit` CLI, event loops). It owns a
 //! current-thread runtime; the mapping's lease task runs while a
 //! [`BlockingMapping`] method is blocking (e.g. [`BlockingMapping::run_until_signal`]).

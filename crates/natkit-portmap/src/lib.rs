@@ -66,6 +66,27 @@
 //! assert_eq!((external_port, lifetime_secs, epoch_secs), (6000, 3600, 42));
 //! ```
 
+//!
+//! # Client example
+//! ```no_run
+//! use natkit_portmap::{Client, Config, gateway::Protocol};
+//!
+//! # async fn demo() -> Result<(), natkit_portmap::Error> {
+//! // Reads the routing table; sends nothing yet.
+//! let client = Client::new(Config::default()).await?;
+//! // PCP, NAT-PMP and UPnP in parallel, each with a timeout.
+//! let report = client.probe().await;
+//! println!("best: {:?}, external IP {:?}", report.best(), report.external_ip);
+//! // The first grant is done when this returns; a task renews the lease.
+//! let mapping = client.map(Protocol::Tcp, 8080).await?;
+//! let mut changes = mapping.watch();
+//! println!("reachable at {:?}", mapping.external());
+//! changes.changed().await.ok(); // the next renewal, loss or re-creation
+//! mapping.remove().await?; // deletes it (dropping the handle does too)
+//! # Ok(())
+//! # }
+//! ```
+
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
