@@ -229,9 +229,9 @@ pub(super) async fn start(
         });
     }
     let backend = match method {
-        Method::NatPmp => Backend::NatPmp(udp::connect(gw).await?),
+        Method::NatPmp => Backend::NatPmp(udp::connect(gw, client.server_port).await?),
         Method::Pcp => Backend::Pcp {
-            sock: udp::connect(gw).await?,
+            sock: udp::connect(gw, client.server_port).await?,
             nonce: pcp::Nonce::random().map_err(|e| Error::Encode(e.to_string()))?,
         },
         Method::Upnp => Backend::Upnp(None),
@@ -369,4 +369,135 @@ async fn run(
         s.event = MappingEvent::Removed;
     });
     err
+}
+
+#[cfg(test)]
+mod tests {
+    //! The lease task against a fake NAT-PMP gateway on loopback: renewal at
+    //! half-life, a gateway "reboot" (epoch back to 0) seen as a re-creation,
+    //! and the delete sent when the handle is dropped.
+
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::natpmp::{Request, Response, ResultCode};
+
+    /// Granted lifetime: renewals come every second.
+    const LIFETIME_SECS: u32 = 2;
+    const WAIT: Duration = Duration::from_secs(5);
+
+    #[derive(Default)]
+    struct Fake {
+        /// Epoch offset; set to "reboot" the gateway.
+        rebooted_at: Option<tokio::time::Instant>,
+        /// Every map request seen: (internal port, lifetime asked).
+        maps: Vec<(u16, u32)>,
+    }
+
+    async fn fake_gateway() -> (u16, Arc<Mutex<Fake>>) {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = sock.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(Fake::default()));
+        let st = Arc::clone(&state);
+        let start = tokio::time::Instant::now();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+                let Ok(req) = Request::parse(&buf[..n]) else {
+                    continue;
+                };
+                let resp = {
+                    let mut st = st.lock().unwrap();
+                    let epoch_secs = match st.rebooted_at {
+                        Some(t) => t.elapsed().as_secs() as u32,
+                        None => 1000 + start.elapsed().as_secs() as u32,
+                    };
+                    match req {
+                        Request::ExternalAddress => Response::ExternalAddress {
+                            result: ResultCode::Success,
+                            epoch_secs,
+                            address: Ipv4Addr::new(198, 51, 100, 1),
+                        },
+                        Request::Map {
+                            protocol,
+                            internal_port,
+                            suggested_external_port,
+                            lifetime_secs,
+                        } => {
+                            st.maps.push((internal_port, lifetime_secs));
+                            Response::Map {
+                                protocol,
+                                result: ResultCode::Success,
+                                epoch_secs,
+                                internal_port,
+                                external_port: suggested_external_port,
+                                lifetime_secs: lifetime_secs.min(LIFETIME_SECS),
+                            }
+                        }
+                    }
+                };
+                let _ = sock.send_to(&resp.emit(), from).await;
+            }
+        });
+        (port, state)
+    }
+
+    /// Waits for a status that satisfies `want` (counters, not events: the
+    /// watch channel keeps only the latest value, so events can coalesce).
+    async fn wait_status(
+        rx: &mut watch::Receiver<MappingStatus>,
+        want: impl Fn(&MappingStatus) -> bool,
+    ) -> MappingStatus {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                rx.changed().await.expect("task alive");
+                let s = rx.borrow_and_update().clone();
+                if want(&s) {
+                    return s;
+                }
+            }
+        })
+        .await
+        .expect("event in time")
+    }
+
+    #[tokio::test]
+    async fn renews_recreates_after_reboot_and_deletes_on_drop() {
+        let (port, fake) = fake_gateway().await;
+        let config = super::super::Config {
+            methods: vec![Method::NatPmp],
+            lease: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let client = Client::for_test(config, Ipv4Addr::LOCALHOST, port);
+        let handle = client.map(Protocol::Udp, 4000).await.unwrap();
+        let m = handle.mapping().unwrap();
+        assert_eq!(m.external, "198.51.100.1:4000".parse().unwrap());
+        assert_eq!(m.lifetime, Duration::from_secs(LIFETIME_SECS.into()));
+        assert!(!handle.status().external_is_global);
+
+        let mut rx = handle.watch();
+        wait_status(&mut rx, |s| s.renewals >= 1).await;
+
+        fake.lock().unwrap().rebooted_at = Some(tokio::time::Instant::now());
+        let s = wait_status(&mut rx, |s| s.recreations >= 1).await;
+        assert_eq!(s.mapping.map(|m| m.external.port()), Some(4000));
+
+        drop(handle);
+        tokio::time::timeout(WAIT, async {
+            while !fake.lock().unwrap().maps.contains(&(4000, 0)) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the mapping is deleted when the handle is dropped");
+        let maps = fake.lock().unwrap().maps.clone();
+        assert!(maps.iter().all(|&(p, _)| p == 4000), "{maps:?}");
+        assert_eq!(
+            maps.first(),
+            Some(&(4000, 60)),
+            "asks for the configured lease"
+        );
+    }
 }

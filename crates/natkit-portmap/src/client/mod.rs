@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::gateway::{Method, Protocol, is_global_ipv4};
-use crate::pcp;
+use crate::{natpmp, pcp};
 
 pub use lease_task::{MappingEvent, MappingHandle, MappingStatus};
 pub use upnp::UpnpEntry;
@@ -119,6 +119,8 @@ pub struct Client {
     config: Config,
     gateway: Ipv4Addr,
     local_ip: Ipv4Addr,
+    /// The NAT-PMP/PCP server port: 5351, except against a test's fake gateway.
+    server_port: u16,
 }
 
 /// Serialises [`Method`] by its name.
@@ -150,7 +152,19 @@ impl Client {
             config,
             gateway,
             local_ip,
+            server_port: natpmp::SERVER_PORT,
         })
+    }
+
+    /// A client for a fake gateway on another port (tests only).
+    #[cfg(test)]
+    pub(crate) fn for_test(config: Config, gateway: Ipv4Addr, server_port: u16) -> Self {
+        Self {
+            config,
+            gateway,
+            local_ip: gateway,
+            server_port,
+        }
     }
 
     /// The gateway.
@@ -175,16 +189,16 @@ impl Client {
     /// Probes one method (the future owns what it needs, so it can be spawned).
     fn probe_one(&self, method: Method) -> impl Future<Output = MethodProbe> + Send + 'static {
         let wait = self.config.probe_timeout;
-        let (gw, me) = (self.gateway, self.local_ip);
+        let (gw, me, port) = (self.gateway, self.local_ip, self.server_port);
         let url = self.config.upnp_url.clone();
         async move {
             let t0 = Instant::now();
             let r: Result<Option<Ipv4Addr>, Error> = match method {
-                Method::Pcp => match udp::connect(gw).await {
+                Method::Pcp => match udp::connect(gw, port).await {
                     Ok(sock) => udp::pcp_announce(&sock, gw, me, wait).await.map(|_| None),
                     Err(e) => Err(e),
                 },
-                Method::NatPmp => match udp::connect(gw).await {
+                Method::NatPmp => match udp::connect(gw, port).await {
                     Ok(sock) => udp::natpmp_external(&sock, gw, wait)
                         .await
                         .map(|(ip, _)| Some(ip)),
@@ -334,13 +348,13 @@ impl Client {
         let wait = self.config.request_timeout;
         match method {
             Method::NatPmp => {
-                let sock = udp::connect(self.gateway).await?;
+                let sock = udp::connect(self.gateway, self.server_port).await?;
                 udp::natpmp_map(&sock, self.gateway, protocol, port, 0, 0, wait)
                     .await
                     .map(|_| ())
             }
             Method::Pcp => {
-                let sock = udp::connect(self.gateway).await?;
+                let sock = udp::connect(self.gateway, self.server_port).await?;
                 let nonce = pcp::Nonce::random().map_err(|e| Error::Encode(e.to_string()))?;
                 let req = pcp::Request::map(
                     nonce,

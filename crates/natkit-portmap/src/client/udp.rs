@@ -21,12 +21,12 @@ const RECV_BUFFER_BYTES: usize = 1500;
 /// probe on a LAN, so PCP follows the NAT-PMP schedule here too.
 const FIRST_RETRANSMIT: Duration = natpmp::INITIAL_RETRANSMIT;
 
-/// A socket connected to the gateway's port 5351.
-pub(crate) async fn connect(gateway: Ipv4Addr) -> Result<UdpSocket, Error> {
+/// A socket connected to the gateway's NAT-PMP/PCP port (5351).
+pub(crate) async fn connect(gateway: Ipv4Addr, port: u16) -> Result<UdpSocket, Error> {
     let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
         .await
         .map_err(Error::io("binding a UDP socket"))?;
-    sock.connect(SocketAddrV4::new(gateway, natpmp::SERVER_PORT))
+    sock.connect(SocketAddrV4::new(gateway, port))
         .await
         .map_err(Error::io("connecting a UDP socket to the gateway"))?;
     Ok(sock)
@@ -34,7 +34,7 @@ pub(crate) async fn connect(gateway: Ipv4Addr) -> Result<UdpSocket, Error> {
 
 /// The local IPv4 address the OS would use to reach `gateway` (no packet is sent).
 pub(crate) async fn local_ip_towards(gateway: Ipv4Addr) -> Result<Ipv4Addr, Error> {
-    let sock = connect(gateway).await?;
+    let sock = connect(gateway, natpmp::SERVER_PORT).await?;
     match sock
         .local_addr()
         .map_err(Error::io("reading the local address"))?
