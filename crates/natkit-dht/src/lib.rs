@@ -22,14 +22,21 @@
 //! - [`bep44`]: item targets, the signed buffer, [`bep44::MutableItem`] signing and
 //!   verification, and the limits mapped to BEP 44 error codes.
 //! - [`bep42`]: secure node ids from an external IP, the compliance check and exempt ranges.
-//! - [`core`]: the whole node as one deterministic state machine (datagrams, requests, time).
-//! - [`dht`]: the tokio driver and API ([`dht::Dht::builder`]); [`testnet`]: n nodes on loopback.
-//! - [`stats`]: counters, observed address, per-source rate limit.
 //! - [`routing`]: the BEP 5 routing table (k-buckets, good/questionable/bad, refresh, save/load).
-//! - [`lookup`]: iterative lookups (α in flight, RTT timeouts) for find_node/get_peers/get.
-//! - [`sim`]: an in-memory network of sans-I/O nodes for tests and benchmarks.
-//! - [`server`]: answers queries (tokens, BEP 44 rules, `ip`, custom `natkit.*` handlers).
 //! - [`storage`]: announced peers and BEP 44 items with limits and expiry.
+//! - [`server`]: answers queries (tokens, BEP 44 rules, `ip`, custom `natkit.*` handlers).
+//! - [`lookup`]: iterative lookups (α in flight, RTT timeouts) for find_node/get_peers/get.
+//! - [`stats`]: counters, observed address, per-source rate limit.
+//! - [`core`]: the whole node as one deterministic state machine (datagrams, requests, time),
+//!   including puts/announces after lookups, bucket refresh and hourly republish.
+//! - [`sim`]: an in-memory network of sans-I/O nodes for tests and benchmarks.
+//! - [`dht`]: the tokio driver and API ([`dht::Dht::builder`]); [`testnet`]: n nodes on loopback.
+//!
+//! # Not yet
+//! IPv4 only (no BEP 32 `nodes6` lookups); BEP 42 ids are checked but natkit does not yet adopt
+//! a secure id from the observed address nor refuse stores from non-compliant ids; natkit's
+//! rendezvous queries (`send_message`, `relay_message`) are not implemented, only the
+//! `natkit.*` handler registry they will use.
 //!
 //! # Example
 //! ```
