@@ -600,19 +600,22 @@ impl Core {
         for op in lookups {
             self.drive(op, now);
         }
-        if !self.table.is_empty() && self.ops.len() < MAX_OPERATIONS / 2 {
-            for i in self.table.buckets_to_refresh(now) {
-                let random = self.random_bytes();
-                let target = self.table.refresh_target(i, random, now);
+        // Every due deadline moves forward even when nothing can be started (empty table,
+        // too busy), or the driver would wake up in a loop.
+        for i in self.table.buckets_to_refresh(now) {
+            let random = self.random_bytes();
+            let target = self.table.refresh_target(i, random, now);
+            if !self.table.is_empty() && self.ops.len() < MAX_OPERATIONS / 2 {
                 self.start_internal(Request::FindNode(target), Then::Refresh, now);
             }
         }
-        let due: Vec<Request> = self
-            .own_items
-            .values()
-            .filter(|(_, t)| *t <= now)
-            .map(|(r, _)| r.clone())
-            .collect();
+        let mut due = Vec::new();
+        for (req, t) in self.own_items.values_mut() {
+            if *t <= now {
+                *t = now + REPUBLISH_INTERVAL;
+                due.push(req.clone());
+            }
+        }
         for req in due {
             // Its result is reported under an op id nobody waits for.
             self.start(req, now);

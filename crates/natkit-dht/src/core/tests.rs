@@ -153,6 +153,23 @@ fn own_items_are_republished_hourly() {
 }
 
 #[test]
+fn an_idle_lonely_core_does_not_spin() {
+    let now = Instant::now();
+    let mut c = Core::new(RoutingTable::new(Id([1; 20]), now), false, [5; 32], now);
+    // An own item that cannot be stored anywhere (no nodes) is still rescheduled.
+    c.start(Request::PutImmutable(Value::Int(1)), now);
+    let mut t = now;
+    // Storage expiry wakes it every minute; past the bucket refresh (15 min) and the republish
+    // (1 h) deadlines too.
+    for _ in 0..100 {
+        t = c.next_deadline().max(t);
+        c.handle_timeout(t);
+        assert!(c.next_deadline() > t, "deadline must move past {t:?}");
+    }
+    assert!(t >= now + REPUBLISH_INTERVAL);
+}
+
+#[test]
 fn read_only_cores_answer_nothing_and_flag_their_queries() {
     let now = Instant::now();
     let table = RoutingTable::new(Id([1; 20]), now);
