@@ -68,6 +68,10 @@ port = 7000
 for _ in range(rounds):
     for name, run in clients.items():
         port += 1
+        # Let the gateway finish the previous client's removal (miniupnpd is
+        # single-threaded and rewrites nftables rules), so that every
+        # measurement starts against an idle gateway.
+        time.sleep(0.3)
         results[name].append(run(port) * 1000)
 
 print(f"{'client':<18} {'median ms':>10} {'min ms':>8} {'max ms':>8}   ({rounds} rounds)")

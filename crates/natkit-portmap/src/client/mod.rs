@@ -263,28 +263,80 @@ impl Client {
         if let [only] = methods[..] {
             return lease_task::start(self.clone(), only, protocol, internal_port).await;
         }
-        // Spawned so that all run at once; the rest are aborted once one maps.
-        let probes: Vec<AbortOnDrop> = methods
+        // Methods are tried in preference order. PCP needs no separate probe:
+        // its MAP request is the probe (a gateway without PCP answers it with
+        // an error, or not at all, and then the probe timeout moves on). The
+        // other probes run in the background, each starting as soon as every
+        // more preferred method has failed, or after its stagger delay,
+        // whichever comes first. A gateway that speaks the preferred protocol
+        // has mapped before the next probe would start, and that probe is
+        // aborted before it sends anything, instead of keeping a
+        // single-threaded gateway (miniupnpd, which may even run a STUN query
+        // to answer a NAT-PMP address request) busy while it should be
+        // answering the preferred request.
+        let (failed_tx, failed_rx) = tokio::sync::watch::channel(0usize);
+        let probes: Vec<(Method, AbortOnDrop)> = methods
             .iter()
-            .map(|m| AbortOnDrop(Some(tokio::spawn(self.probe_one(*m)))))
+            .enumerate()
+            .map(|(rank, m)| {
+                if *m == Method::Pcp {
+                    return (*m, AbortOnDrop(None));
+                }
+                let probe = self.probe_one(*m);
+                let delay = PROBE_STAGGER * rank as u32;
+                let mut failed = failed_rx.clone();
+                let task = tokio::spawn(async move {
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        _ = failed.wait_for(|n| *n >= rank) => {}
+                    }
+                    probe.await
+                });
+                (*m, AbortOnDrop(Some(task)))
+            })
             .collect();
         let mut first_err = None;
         let mut tried = Vec::new();
-        for mut probe in probes {
-            let Some(task) = probe.0.take() else { continue };
-            let Ok(report) = task.await else { continue };
-            let method = report.method;
-            if !report.available {
-                let why = report.error.as_deref().unwrap_or("no answer");
-                tried.push(format!("{method}: {why}"));
-                continue;
-            }
-            match lease_task::start(self.clone(), method, protocol, internal_port).await {
+        for (method, mut probe) in probes {
+            let attempt = if method == Method::Pcp {
+                let start = lease_task::start(self.clone(), method, protocol, internal_port);
+                match tokio::time::timeout(self.config.probe_timeout, start).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        // Silence is "does not speak PCP", like a failed probe.
+                        tried.push(format!("{method}: no answer"));
+                        failed_tx.send_modify(|n| *n += 1);
+                        continue;
+                    }
+                }
+            } else {
+                let report = match probe.0.take() {
+                    Some(task) => task.await.ok(),
+                    None => None,
+                };
+                match report {
+                    Some(r) if r.available => {
+                        lease_task::start(self.clone(), method, protocol, internal_port).await
+                    }
+                    Some(r) => {
+                        let why = r.error.as_deref().unwrap_or("no answer");
+                        tried.push(format!("{method}: {why}"));
+                        failed_tx.send_modify(|n| *n += 1);
+                        continue;
+                    }
+                    None => {
+                        failed_tx.send_modify(|n| *n += 1);
+                        continue;
+                    }
+                }
+            };
+            match attempt {
                 Ok(h) => return Ok(h),
                 Err(e) => {
                     tracing::info!(%method, "mapping failed: {e}");
                     tried.push(format!("{method}: {e}"));
                     first_err.get_or_insert(e);
+                    failed_tx.send_modify(|n| *n += 1);
                 }
             }
         }
@@ -410,6 +462,13 @@ impl Client {
 }
 
 /// Aborts a spawned probe that is no longer needed.
+/// In automatic mapping, the delay between starting one method and the next
+/// less preferred one, unless the preferred one fails sooner (see
+/// [`Client::map`]). Long enough for a PCP or NAT-PMP exchange with a home
+/// router (a few ms, plus the router's own rule update), short against the
+/// probe timeout.
+pub const PROBE_STAGGER: Duration = Duration::from_millis(100);
+
 struct AbortOnDrop(Option<tokio::task::JoinHandle<MethodProbe>>);
 
 impl Drop for AbortOnDrop {
