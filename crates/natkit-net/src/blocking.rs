@@ -33,6 +33,11 @@ pub use crate::conn::Connection;
 use crate::{NetConfig, NetError, NetEvent, NetStats};
 
 /// The connection manager with its own runtime thread.
+///
+/// Use it from ordinary (non-async) code: its methods block on its own
+/// runtime, so calling them, or dropping the `Net`, from inside another tokio
+/// runtime panics (tokio forbids blocking there); async code uses
+/// [`crate::Net`] instead.
 pub struct Net {
     net: crate::Net,
     rt: Option<Runtime>,
