@@ -260,3 +260,29 @@ fn version_and_help_exit_0() {
     assert!(h.status.success());
     assert!(stdout(&h).contains("showid"));
 }
+
+#[test]
+fn a_closed_output_pipe_ends_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id.key");
+    // `natkit showid | true`: the reader is gone before natkit prints (it
+    // closes its end right after the process starts, while natkit is still
+    // creating its key file).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_natkit"))
+        .arg("showid")
+        .env("NATKIT_KEY", &key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!err.contains("internal error") && !err.contains("panicked"), "{err}");
+    // Killed by SIGPIPE like any Unix tool (or, if it printed before the
+    // reader left, a normal exit).
+    assert!(status.signal() == Some(13) || status.success(), "{status:?}");
+}
