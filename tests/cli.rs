@@ -279,10 +279,21 @@ fn a_closed_output_pipe_ends_quietly() {
         .unwrap();
     drop(child.stdout.take());
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     let status = child.wait().unwrap();
-    assert!(!err.contains("internal error") && !err.contains("panicked"), "{err}");
+    assert!(
+        !err.contains("internal error") && !err.contains("panicked"),
+        "{err}"
+    );
     // Killed by SIGPIPE like any Unix tool (or, if it printed before the
     // reader left, a normal exit).
-    assert!(status.signal() == Some(13) || status.success(), "{status:?}");
+    assert!(
+        status.signal() == Some(13) || status.success(),
+        "{status:?}"
+    );
 }
