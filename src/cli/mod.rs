@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub mod dht;
 pub mod identity;
 pub mod map;
 pub mod unl;
@@ -60,6 +61,9 @@ pub enum Command {
     Unl(unl::UnlCommand),
     /// Map a port on the home router (PCP, NAT-PMP or UPnP).
     Map(map::MapCommand),
+    /// Run a DHT node, or put and get values through one (BEP 44).
+    #[command(subcommand)]
+    Dht(dht::DhtCommand),
 }
 
 /// Runs the tool with the process's arguments and returns the exit code.
@@ -119,6 +123,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Showid => identity::showid(cli),
         Command::Unl(cmd) => unl::run(cli, cmd),
         Command::Map(cmd) => map::run(cli, cmd),
+        Command::Dht(cmd) => dht::run(cli, cmd),
     }
 }
 
@@ -178,4 +183,15 @@ pub fn key_path(cli: &Cli) -> anyhow::Result<PathBuf> {
             )
         })?;
     Ok(base.join("natkit").join("identity.key"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn clap_definition_is_consistent() {
+        // Catches clashing names (a subcommand argument named like a global
+        // flag) that clap would otherwise only report when the argument is used.
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }
