@@ -1,17 +1,10 @@
 //! The `natkit` command line: identity, UNL encode/decode, exit codes and errors.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::{Command, Output};
 
-fn natkit(key: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_natkit"))
-        .args(args)
-        .env("NATKIT_KEY", key)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run natkit")
-}
+mod common;
+use common::natkit;
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()

@@ -2,17 +2,10 @@
 //! immutable and mutable items through it by short-lived nodes.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
-fn natkit(key: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_natkit"))
-        .args(args)
-        .env("NATKIT_KEY", key)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run natkit")
-}
+mod common;
+use common::natkit;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).trim().to_string()

@@ -1,8 +1,8 @@
 //! Helpers shared by integration tests.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 /// The path of a built example binary.
 pub fn example(name: &str) -> PathBuf {
@@ -37,4 +37,14 @@ pub fn build_examples() {
         .status()
         .expect("run cargo");
     assert!(status.success(), "building the examples failed");
+}
+
+/// Runs the `natkit` binary with `args` and the key file `key`.
+pub fn natkit(key: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_natkit"))
+        .args(args)
+        .env("NATKIT_KEY", key)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run natkit")
 }
