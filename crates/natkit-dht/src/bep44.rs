@@ -178,33 +178,55 @@ impl MutableItem {
     }
 }
 
+/// What a `put` stores: an immutable value, or a mutable item with the put's `cas`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stored<'a> {
+    /// An immutable item: the value itself.
+    Immutable(&'a Value),
+    /// A mutable item, and the `cas` (expected stored `seq`) the put carried.
+    Mutable(MutableItem, Option<i64>),
+}
+
+impl<'a> Stored<'a> {
+    /// The item a `put` carries (nothing is checked: see [`check_put`]). An empty
+    /// salt means the same as none.
+    pub fn of(item: &'a PutItem) -> Self {
+        match item {
+            PutItem::Immutable { v } => Stored::Immutable(v),
+            PutItem::Mutable {
+                k,
+                salt,
+                seq,
+                cas,
+                sig,
+                v,
+            } => Stored::Mutable(
+                MutableItem {
+                    k: *k,
+                    salt: salt.clone().unwrap_or_default(),
+                    seq: *seq,
+                    v: v.clone(),
+                    sig: *sig,
+                },
+                *cas,
+            ),
+        }
+    }
+}
+
 /// Checks a received `put` item (limits, and the signature of a mutable one) and returns the
 /// target to store it under. Storage rules (`seq`, `cas`) are up to the store; it reports them
 /// with [`Bep44Error::SeqTooLow`] and [`Bep44Error::CasMismatch`].
 pub fn check_put(item: &PutItem) -> Result<Id, Bep44Error> {
-    match item {
-        PutItem::Immutable { v } => {
+    match Stored::of(item) {
+        Stored::Immutable(v) => {
             let encoded = bencode::emit(v);
             if encoded.len() > MAX_VALUE_BYTES {
                 return Err(Bep44Error::ValueTooBig { len: encoded.len() });
             }
             Ok(sha1(&[&encoded]))
         }
-        PutItem::Mutable {
-            k,
-            salt,
-            seq,
-            sig,
-            v,
-            ..
-        } => {
-            let item = MutableItem {
-                k: *k,
-                salt: salt.clone().unwrap_or_default(),
-                seq: *seq,
-                v: v.clone(),
-                sig: *sig,
-            };
+        Stored::Mutable(item, _cas) => {
             item.verify()?;
             Ok(item.target())
         }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use sha1::{Digest, Sha1};
 
 use crate::bencode::Value;
-use crate::bep44::{self, MutableItem};
+use crate::bep44;
 use crate::id::{ID_BYTES, Id};
 use crate::krpc::{
     ERROR_METHOD_UNKNOWN, ERROR_PROTOCOL, ErrorMessage, KrpcError, Message, PutItem, Query,
@@ -313,27 +313,12 @@ impl Server {
         }
         let bep44_err = |e: bep44::Bep44Error| ErrorMessage::new(e.code(), e.to_string());
         let target = bep44::check_put(item).map_err(bep44_err)?;
-        match item {
-            PutItem::Immutable { v } => self.storage.put_immutable(target, v.clone(), now),
-            PutItem::Mutable {
-                k,
-                salt,
-                seq,
-                cas,
-                sig,
-                v,
-            } => {
-                let m = MutableItem {
-                    k: *k,
-                    salt: salt.clone().unwrap_or_default(),
-                    seq: *seq,
-                    v: v.clone(),
-                    sig: *sig,
-                };
-                self.storage
-                    .put_mutable(target, m, *cas, now)
-                    .map_err(bep44_err)?;
-            }
+        match bep44::Stored::of(item) {
+            bep44::Stored::Immutable(v) => self.storage.put_immutable(target, v.clone(), now),
+            bep44::Stored::Mutable(m, cas) => self
+                .storage
+                .put_mutable(target, m, cas, now)
+                .map_err(bep44_err)?,
         }
         Ok(Response::new(self.id))
     }

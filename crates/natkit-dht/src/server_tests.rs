@@ -3,6 +3,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use ed25519_dalek::SigningKey;
 
 use super::*;
+use crate::bep44::MutableItem;
 use crate::krpc::{
     ERROR_CAS_MISMATCH, ERROR_INVALID_SIGNATURE, ERROR_SALT_TOO_BIG, ERROR_SEQ_TOO_LOW,
     ERROR_VALUE_TOO_BIG, Kind,

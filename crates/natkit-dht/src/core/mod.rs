@@ -501,25 +501,11 @@ impl Core {
 
     fn store_locally(&mut self, target: Id, item: &PutItem, now: Instant) {
         let storage = self.server.storage_mut();
-        match item {
-            PutItem::Immutable { v } => storage.put_immutable(target, v.clone(), now),
-            PutItem::Mutable {
-                k,
-                salt,
-                seq,
-                cas,
-                sig,
-                v,
-            } => {
-                let m = bep44::MutableItem {
-                    k: *k,
-                    salt: salt.clone().unwrap_or_default(),
-                    seq: *seq,
-                    v: v.clone(),
-                    sig: *sig,
-                };
+        match bep44::Stored::of(item) {
+            bep44::Stored::Immutable(v) => storage.put_immutable(target, v.clone(), now),
+            bep44::Stored::Mutable(m, cas) => {
                 // A refusal (older than what we hold) changes nothing locally.
-                let _ = storage.put_mutable(target, m, *cas, now);
+                let _ = storage.put_mutable(target, m, cas, now);
             }
         }
     }
