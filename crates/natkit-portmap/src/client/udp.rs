@@ -273,19 +273,24 @@ mod tests {
 
     const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
+    /// A PCP MAP request for TCP port 5000 on loopback.
+    fn map_request() -> pcp::Request {
+        pcp::Request::map(
+            pcp::Nonce([7; 12]),
+            Protocol::Tcp,
+            SocketAddrV4::new(LO, 5000),
+            None,
+            60,
+        )
+    }
+
     #[tokio::test]
     async fn garbage_is_dropped_and_the_wait_ends() {
         let (sock, _t) = fake(|_| garbage()).await;
         let t0 = Instant::now();
         let e = natpmp_external(&sock, LO, WAIT).await.unwrap_err();
         assert!(e.is_timeout(), "{e}");
-        let req = pcp::Request::map(
-            pcp::Nonce([7; 12]),
-            Protocol::Tcp,
-            SocketAddrV4::new(LO, 5000),
-            None,
-            60,
-        );
+        let req = map_request();
         let e = pcp_map(&sock, LO, &req, WAIT).await.unwrap_err();
         assert!(e.is_timeout(), "{e}");
         assert!(t0.elapsed() < WAIT * 2 + Duration::from_millis(300));
@@ -358,13 +363,7 @@ mod tests {
             matches!(e, Error::NatPmp(natpmp::ResultCode::NotAuthorized)),
             "{e}"
         );
-        let req = pcp::Request::map(
-            pcp::Nonce([7; 12]),
-            Protocol::Tcp,
-            SocketAddrV4::new(LO, 5000),
-            None,
-            60,
-        );
+        let req = map_request();
         let e = pcp_map(&sock, LO, &req, WAIT).await.unwrap_err();
         assert!(
             matches!(e, Error::Pcp(pcp::ResultCode::NotAuthorized)),
