@@ -446,41 +446,19 @@ fn silent_gateway_is_a_clean_failure() {
     };
     let carol = lab.ip(Host::Carol).to_string();
     let t0 = std::time::Instant::now();
-    let probe = lab
-        .run(
-            Host::Alice,
-            &[
-                natkit(),
-                "map",
-                "--gateway",
-                &carol,
-                "--timeout-ms",
-                "300",
-                "probe",
-            ],
-        )
-        .expect("natkit map probe");
+    // `natkit map --gateway <carol> --timeout-ms 300 <args>` in alice.
+    let against_carol = |args: &[&str]| {
+        let base = [natkit(), "map", "--gateway", &carol, "--timeout-ms", "300"];
+        lab.run(Host::Alice, &[&base[..], args].concat())
+    };
+    let probe = against_carol(&["probe"]).expect("natkit map probe");
     assert_eq!(probe.status.code(), Some(1), "{probe:?}");
     assert!(probe.stdout.contains("pcp:     no"), "{probe:?}");
     assert!(
         probe.stderr.trim().starts_with("natkit: error: ") && !probe.stderr.trim().contains('\n'),
         "{probe:?}"
     );
-    let add = lab
-        .run(
-            Host::Alice,
-            &[
-                natkit(),
-                "map",
-                "--gateway",
-                &carol,
-                "--timeout-ms",
-                "300",
-                "add",
-                "6610",
-            ],
-        )
-        .expect("natkit map add");
+    let add = against_carol(&["add", "6610"]).expect("natkit map add");
     assert_eq!(add.status.code(), Some(1), "{add:?}");
     assert!(add.stderr.contains("speaks none"), "{add:?}");
     // Two runs, each bounded by one probe timeout (plus process start).
