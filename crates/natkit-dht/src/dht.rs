@@ -28,17 +28,26 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::SigningKey;
+
 use crate::bencode::Value;
 use crate::bep44::{Bep44Error, MutableItem};
 use crate::core::{Core, OpId, Outcome, Request};
 use crate::id::{Id, NodeInfo};
 use crate::krpc::{ERROR_CAS_MISMATCH, ERROR_SEQ_TOO_LOW, PUBLIC_KEY_BYTES};
+use crate::rendezvous::{Incoming, MAX_PAYLOAD_BYTES};
 use crate::routing::{RoutingTable, SavedTable, TableFileError};
 use crate::server::{QueryHandler, RegisterError};
 use crate::stats::Stats;
 
 /// Requests queued between the API and the node task.
 pub const COMMAND_QUEUE: usize = 256;
+
+/// Delivered messages queued for [`Dht::messages`]; when it is full, messages wait in the
+/// node (up to [`crate::rendezvous::MAX_INBOX`]), then senders are told the node is busy.
+pub const MESSAGE_QUEUE: usize = 256;
 
 /// Largest datagram read (the UDP maximum).
 pub const MAX_DATAGRAM_BYTES: usize = 65_535;
@@ -79,6 +88,23 @@ pub enum DhtError {
         /// Nodes that accepted it anyway (they held nothing, or an older item).
         accepted: usize,
     },
+    /// Sending or receiving messages, or registering, needs an identity
+    /// ([`DhtBuilder::identity`]).
+    #[error("no identity: build the DHT node with an identity key to use messages")]
+    NoIdentity,
+    /// A message payload is over [`MAX_PAYLOAD_BYTES`].
+    #[error("message payload of {len} bytes is over the limit of {MAX_PAYLOAD_BYTES}")]
+    PayloadTooBig {
+        /// The payload's length.
+        len: usize,
+    },
+    /// No node acknowledged the message.
+    #[error("message not delivered (error codes: {errors:?})")]
+    NotDelivered {
+        /// The error code of each node tried (480 not registered there, 481 no answer, 482
+        /// busy, 483 refused, 204 not a natkit node); empty if there was nobody to try.
+        errors: Vec<i64>,
+    },
     /// No node accepted a put or announce.
     #[error("no node stored the item (error codes: {errors:?})")]
     NotStored {
@@ -95,6 +121,9 @@ pub struct DhtBuilder {
     id: Option<Id>,
     table_file: Option<PathBuf>,
     handlers: Vec<(String, Box<dyn QueryHandler>)>,
+    identity: Option<SigningKey>,
+    rendezvous_server: bool,
+    keepalive: Option<Duration>,
 }
 
 impl std::fmt::Debug for DhtBuilder {
@@ -151,6 +180,27 @@ impl DhtBuilder {
         self
     }
 
+    /// The node's identity: messages are sent from and delivered to this key's public half,
+    /// and [`Dht::register`] registers it with rendezvous nodes.
+    pub fn identity(mut self, key: SigningKey) -> Self {
+        self.identity = Some(key);
+        self
+    }
+
+    /// Whether to serve as a rendezvous node for others (answer `natkit.announce`). Default:
+    /// yes, unless read-only. A node behind NAT is of no use as one.
+    pub fn rendezvous_server(mut self, serve: bool) -> Self {
+        self.rendezvous_server = serve;
+        self
+    }
+
+    /// How often our registrations are refreshed (default
+    /// [`crate::rendezvous::KEEPALIVE_INTERVAL`]); must be below the NAT's UDP timeout.
+    pub fn keepalive_interval(mut self, every: Duration) -> Self {
+        self.keepalive = Some(every);
+        self
+    }
+
     /// Binds the socket, starts the node task and, if bootstrap nodes were given, bootstraps.
     pub async fn build(self) -> Result<Dht, DhtError> {
         let mut seed = [0u8; 32];
@@ -182,6 +232,15 @@ impl DhtBuilder {
         for (method, h) in self.handlers {
             core.server_mut().register(&method, h)?;
         }
+        core.set_unix_time(now, unix_now());
+        core.set_rendezvous_server(self.rendezvous_server);
+        if let Some(every) = self.keepalive {
+            core.set_keepalive_interval(every);
+        }
+        let has_identity = self.identity.is_some();
+        if let Some(key) = self.identity {
+            core.set_identity(key);
+        }
         let socket = UdpSocket::bind(self.bind).await?;
         let local_addr = socket.local_addr()?;
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
@@ -192,6 +251,7 @@ impl DhtBuilder {
             commands: tx,
             local_addr,
             id,
+            has_identity,
             bootstrap: self.bootstrap,
             cancel,
             task: Mutex::new(Some(task)),
@@ -203,10 +263,23 @@ impl DhtBuilder {
     }
 }
 
+/// A callback for delivered messages (see [`Dht::add_message_handler`]).
+pub type MessageHandler = Box<dyn FnMut(&Incoming) + Send>;
+
 enum Command {
     Start(Request, oneshot::Sender<Outcome>),
     Stats(oneshot::Sender<Stats>),
     Forget(Id),
+    AddHandler(MessageHandler),
+    Subscribe(mpsc::Sender<Incoming>),
+    RendezvousPoints(oneshot::Sender<Vec<SocketAddr>>),
+}
+
+fn unix_now() -> i64 {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    i64::try_from(secs).unwrap_or(i64::MAX)
 }
 
 /// A running DHT node. Dropping it stops the node task; [`Dht::shutdown`] also waits for it.
@@ -215,6 +288,7 @@ pub struct Dht {
     commands: mpsc::Sender<Command>,
     local_addr: SocketAddr,
     id: Id,
+    has_identity: bool,
     bootstrap: Vec<SocketAddrV4>,
     cancel: CancellationToken,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -236,6 +310,9 @@ impl Dht {
             id: None,
             table_file: None,
             handlers: Vec::new(),
+            identity: None,
+            rendezvous_server: true,
+            keepalive: None,
         }
     }
 
@@ -390,6 +467,141 @@ impl Dht {
         Ok(self.stats().await?.observed_address)
     }
 
+    /// Registers our identity with up to [`crate::rendezvous::RENDEZVOUS_NODES`] rendezvous
+    /// nodes — the natkit nodes closest to our rendezvous target, or else natkit nodes found on
+    /// [`crate::rendezvous::service_info_hash`] — and from then on keeps the registrations (and
+    /// our NAT mappings to them) alive, replacing nodes that stop answering. Returns the
+    /// rendezvous nodes, to put in our UNL; empty if none accepted (it keeps trying).
+    pub async fn register(&self) -> Result<Vec<SocketAddr>, DhtError> {
+        if !self.has_identity {
+            return Err(DhtError::NoIdentity);
+        }
+        match self.request(Request::Register).await? {
+            Outcome::Registered(points) => Ok(points),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Our current rendezvous nodes (empty unless [`Dht::register`] was called).
+    pub async fn rendezvous_points(&self) -> Result<Vec<SocketAddr>, DhtError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::RendezvousPoints(tx))
+            .await
+            .map_err(|_| DhtError::Shutdown)?;
+        rx.await.map_err(|_| DhtError::Shutdown)
+    }
+
+    /// Announces this node on [`crate::rendezvous::service_info_hash`] as willing to serve as
+    /// a rendezvous node, so nodes find it in a DHT shared with other implementations. Only
+    /// for nodes reachable from the internet; peers forget it after 30 minutes.
+    pub async fn announce_rendezvous_service(&self) -> Result<usize, DhtError> {
+        self.announce_peer(crate::rendezvous::service_info_hash(), None)
+            .await
+    }
+
+    async fn message(&self, req: Request) -> Result<(), DhtError> {
+        if !self.has_identity {
+            return Err(DhtError::NoIdentity);
+        }
+        if let Request::SendMessage { payload, .. } = &req
+            && payload.len() > MAX_PAYLOAD_BYTES
+        {
+            return Err(DhtError::PayloadTooBig { len: payload.len() });
+        }
+        match self.request(req).await? {
+            Outcome::Delivered => Ok(()),
+            Outcome::NotDelivered { errors } => Err(DhtError::NotDelivered { errors }),
+            _ => Err(DhtError::NotDelivered { errors: Vec::new() }),
+        }
+    }
+
+    /// Sends a signed message to the node with public key `to`, through the nodes registered
+    /// closest to its rendezvous target (found by a lookup), so it reaches nodes behind NAT.
+    /// `Ok` means the recipient acknowledged it.
+    pub async fn send_message(
+        &self,
+        to: [u8; PUBLIC_KEY_BYTES],
+        payload: &[u8],
+    ) -> Result<(), DhtError> {
+        self.message(Request::SendMessage {
+            to,
+            payload: payload.to_vec(),
+            via: Vec::new(),
+            relay: false,
+        })
+        .await
+    }
+
+    /// Like [`Dht::send_message`], but through the given rendezvous points (from the
+    /// recipient's UNL) or the recipient's own address: no lookup.
+    pub async fn send_message_via(
+        &self,
+        to: [u8; PUBLIC_KEY_BYTES],
+        payload: &[u8],
+        via: &[SocketAddr],
+    ) -> Result<(), DhtError> {
+        let via: Vec<SocketAddrV4> = via
+            .iter()
+            .filter_map(|a| match a {
+                SocketAddr::V4(v4) => Some(*v4),
+                SocketAddr::V6(_) => None,
+            })
+            .collect();
+        if via.is_empty() {
+            return Err(DhtError::NotDelivered { errors: Vec::new() });
+        }
+        self.message(Request::SendMessage {
+            to,
+            payload: payload.to_vec(),
+            via,
+            relay: false,
+        })
+        .await
+    }
+
+    /// Like [`Dht::send_message`], but routed hop by hop: each node passes it to the closest
+    /// node to the recipient's rendezvous target it knows (at most
+    /// [`crate::rendezvous::MAX_HOPS`] hops) until one that holds the recipient's registration
+    /// delivers it (storjnode's `relay_message`). No lookup by the sender.
+    pub async fn relay_message(
+        &self,
+        to: [u8; PUBLIC_KEY_BYTES],
+        payload: &[u8],
+    ) -> Result<(), DhtError> {
+        self.message(Request::SendMessage {
+            to,
+            payload: payload.to_vec(),
+            via: Vec::new(),
+            relay: true,
+        })
+        .await
+    }
+
+    /// Calls `handler` on the node's task for every message delivered to us. It must return
+    /// quickly; use [`Dht::messages`] to handle messages elsewhere.
+    pub async fn add_message_handler(
+        &self,
+        handler: impl FnMut(&Incoming) + Send + 'static,
+    ) -> Result<(), DhtError> {
+        self.commands
+            .send(Command::AddHandler(Box::new(handler)))
+            .await
+            .map_err(|_| DhtError::Shutdown)
+    }
+
+    /// A stream of the messages delivered to us, from now on. Only the latest stream receives
+    /// messages. While it is full, messages wait in the node and then senders are told it is
+    /// busy: none is acknowledged and then lost.
+    pub async fn messages(&self) -> Result<mpsc::Receiver<Incoming>, DhtError> {
+        let (tx, rx) = mpsc::channel(MESSAGE_QUEUE);
+        self.commands
+            .send(Command::Subscribe(tx))
+            .await
+            .map_err(|_| DhtError::Shutdown)?;
+        Ok(rx)
+    }
+
     /// Stops the node task (saving the table if configured) and waits for it to end.
     pub async fn shutdown(&self) {
         self.cancel.cancel();
@@ -409,7 +621,19 @@ async fn run(
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM_BYTES];
     let mut waiters: HashMap<OpId, oneshot::Sender<Outcome>> = HashMap::new();
+    let mut handlers: Vec<MessageHandler> = Vec::new();
+    let mut stream: Option<mpsc::Sender<Incoming>> = None;
     loop {
+        if stream.as_ref().is_some_and(mpsc::Sender::is_closed) {
+            stream = None;
+        }
+        // Without a stream, callbacks take everything; with one, messages leave the node only
+        // as fast as the stream is read.
+        if stream.is_none() && !handlers.is_empty() {
+            while let Some(m) = core.poll_incoming() {
+                handlers.iter_mut().for_each(|h| h(&m));
+            }
+        }
         while let Some((to, bytes)) = core.poll_transmit() {
             if let Err(e) = socket.send_to(&bytes, to).await {
                 tracing::debug!(%to, error = %e, "DHT send failed");
@@ -421,8 +645,22 @@ async fn run(
             }
         }
         let deadline = tokio::time::Instant::from_std(core.next_deadline());
+        let pending = core.incoming_len() > 0;
+        let waiting_stream = stream.clone().filter(|_| pending);
+        let reserve = async move {
+            match waiting_stream {
+                Some(s) => s.reserve_owned().await.ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = cancel.cancelled() => break,
+            Some(permit) = reserve => {
+                if let Some(m) = core.poll_incoming() {
+                    handlers.iter_mut().for_each(|h| h(&m));
+                    permit.send(m);
+                }
+            }
             r = socket.recv_from(&mut buf) => match r {
                 Ok((n, from)) => {
                     if let Some(bytes) = buf.get(..n) {
@@ -441,6 +679,11 @@ async fn run(
                     let _ = reply.send(core.stats());
                 }
                 Some(Command::Forget(target)) => core.forget_own(&target),
+                Some(Command::AddHandler(h)) => handlers.push(h),
+                Some(Command::Subscribe(s)) => stream = Some(s),
+                Some(Command::RendezvousPoints(reply)) => {
+                    let _ = reply.send(core.rendezvous_points());
+                }
                 None => break,
             },
             _ = tokio::time::sleep_until(deadline) => core.handle_timeout(Instant::now()),

@@ -31,12 +31,14 @@
 //!   including puts/announces after lookups, bucket refresh and hourly republish.
 //! - [`sim`]: an in-memory network of sans-I/O nodes for tests and benchmarks.
 //! - [`dht`]: the tokio driver and API ([`dht::Dht::builder`]); [`testnet`]: n nodes on loopback.
+//! - [`rendezvous`]: natkit's `natkit.announce` / `natkit.message` queries, which keep nodes
+//!   behind NAT reachable: registrations with a few nodes close to a key's target, kept alive
+//!   by keepalives, and signed messages forwarded to them ([`dht::Dht::register`],
+//!   [`dht::Dht::send_message`], [`dht::Dht::relay_message`], [`dht::Dht::messages`]).
 //!
 //! # Not yet
 //! IPv4 only (no BEP 32 `nodes6` lookups); BEP 42 ids are checked but natkit does not yet adopt
-//! a secure id from the observed address nor refuse stores from non-compliant ids; natkit's
-//! rendezvous queries (`send_message`, `relay_message`) are not implemented, only the
-//! `natkit.*` handler registry they will use.
+//! a secure id from the observed address nor refuse stores from non-compliant ids.
 //!
 //! # Example
 //! ```
@@ -69,6 +71,7 @@ pub mod dht;
 pub mod id;
 pub mod krpc;
 pub mod lookup;
+pub mod rendezvous;
 pub mod routing;
 pub mod server;
 pub mod sim;

@@ -188,7 +188,13 @@ impl Server {
         err.reply().map(|m| self.finish(m, from))
     }
 
-    fn finish(&self, mut m: Message, from: SocketAddr) -> Message {
+    /// The write tokens (natkit's own methods check them too).
+    pub fn tokens_mut(&mut self) -> &mut Tokens {
+        &mut self.tokens
+    }
+
+    /// `m`, an answer to `from`, with the BEP 42 `ip` and our version set.
+    pub fn finish(&self, mut m: Message, from: SocketAddr) -> Message {
         m.ip = Some(from);
         m.version = Some(CLIENT_VERSION.to_vec());
         m

@@ -55,6 +55,14 @@ pub struct Stats {
     pub lookup_rounds: u64,
     /// Our address as others see it, and how many distinct nodes said so.
     pub observed_address: Option<(SocketAddr, usize)>,
+    /// Registrations we hold as a rendezvous node.
+    pub registrations: usize,
+    /// Our own rendezvous nodes (0 unless registered).
+    pub rendezvous_points: usize,
+    /// Messages delivered to us.
+    pub messages_delivered: u64,
+    /// Messages we forwarded toward their recipient.
+    pub messages_forwarded: u64,
 }
 
 fn method_name(m: &[u8]) -> String {

@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::{Core, Op, Phase, Purpose, Tx};
 use crate::id::NodeInfo;
 use crate::krpc::{self, Kind, KrpcError, Message, Query, Response};
+use crate::rendezvous;
 use crate::routing::{Contact, Insert};
 
 impl Core {
@@ -37,6 +38,13 @@ impl Core {
                     }
                     Purpose::Store(op) => self.store_progress(op, Some(Some(e.code))),
                     Purpose::Ping => {}
+                    Purpose::Forward { reply_to, tid } => {
+                        let error = Some((e.code, e.message.clone()));
+                        self.rv_forward_done(reply_to, tid, Err(error));
+                    }
+                    Purpose::Message(op) => self.rv_message_progress(op, Some(Some(e.code))),
+                    Purpose::RvAnnounce { .. } => self.rv_refused(&tx, now),
+                    Purpose::RvProbe => self.rv_answer(&tx, None, now),
                 }
             }
         }
@@ -55,17 +63,27 @@ impl Core {
         if let KrpcError::MalformedResponse { transaction_id, .. } = e
             && let Some(tx) = self.take_tx(transaction_id, from)
         {
-            if let Purpose::Lookup(op) = tx.purpose {
-                if let Some(Op {
-                    phase: Phase::Lookup(l),
-                    ..
-                }) = self.ops.get_mut(&op)
-                {
-                    l.on_failure(tx.to);
+            match tx.purpose {
+                Purpose::Lookup(op) => {
+                    if let Some(Op {
+                        phase: Phase::Lookup(l),
+                        ..
+                    }) = self.ops.get_mut(&op)
+                    {
+                        l.on_failure(tx.to);
+                    }
+                    self.drive(op, now);
                 }
-                self.drive(op, now);
-            } else if let Purpose::Store(op) = tx.purpose {
-                self.store_progress(op, Some(Some(0)));
+                Purpose::Store(op) => self.store_progress(op, Some(Some(0))),
+                Purpose::Ping => {}
+                Purpose::Forward { reply_to, tid } => {
+                    self.rv_forward_done(reply_to, tid, Err(None))
+                }
+                Purpose::Message(op) => {
+                    let lost = Some(Some(crate::rendezvous::ERROR_UNDELIVERED));
+                    self.rv_message_progress(op, lost);
+                }
+                Purpose::RvAnnounce { .. } | Purpose::RvProbe => self.rv_answer(&tx, None, now),
             }
             return;
         }
@@ -79,11 +97,34 @@ impl Core {
 
     fn handle_query(&mut self, from: SocketAddr, msg: &Message, q: &Query, now: Instant) {
         self.stats.count_query_in(q.method());
-        if self.read_only {
-            return; // BEP 43: read-only nodes do not answer
+        let ours = match q {
+            Query::Other { method, .. } => {
+                method == rendezvous::ANNOUNCE_METHOD || method == rendezvous::MESSAGE_METHOD
+            }
+            _ => false,
+        };
+        // BEP 43: read-only nodes do not answer, except messages delivered to them.
+        let message =
+            matches!(q, Query::Other { method, .. } if method == rendezvous::MESSAGE_METHOD);
+        if self.read_only && !message {
+            return;
         }
         if !self.limiter.allow(from, now) {
             self.stats.rate_limited += 1;
+            return;
+        }
+        if let Query::Other { method, args } = q
+            && ours
+        {
+            self.rv_query(from, &msg.transaction_id, method, args, now);
+            // Announcers are usually behind NAT: not for the routing table. Forwarding nodes
+            // are ordinary nodes.
+            if method == rendezvous::ANNOUNCE_METHOD || self.read_only {
+                return;
+            }
+            if let (false, Some(id), SocketAddr::V4(addr)) = (msg.read_only, q.sender_id(), from) {
+                self.table_heard_query(NodeInfo { id, addr }, now);
+            }
             return;
         }
         let answer = self
@@ -91,12 +132,15 @@ impl Core {
             .handle_query(from, &msg.transaction_id, q, &self.table, now);
         self.reply(from, &answer);
         if let (false, Some(id), SocketAddr::V4(addr)) = (msg.read_only, q.sender_id(), from) {
-            let node = NodeInfo { id, addr };
-            match self.table.heard_from(node, Contact::Query, now) {
-                Insert::Added => self.ping(node, now), // verify it before relying on it
-                Insert::PingFirst(q) => self.ping(q, now),
-                _ => {}
-            }
+            self.table_heard_query(NodeInfo { id, addr }, now);
+        }
+    }
+
+    fn table_heard_query(&mut self, node: NodeInfo, now: Instant) {
+        match self.table.heard_from(node, Contact::Query, now) {
+            Insert::Added => self.ping(node, now), // verify it before relying on it
+            Insert::PingFirst(q) => self.ping(q, now),
+            _ => {}
         }
     }
 
@@ -112,7 +156,11 @@ impl Core {
             id: r.id,
             addr: tx.to,
         };
-        if let Insert::PingFirst(q) = self.table.heard_from(node, Contact::Response, now) {
+        // Message recipients may be behind NAT, reachable only through their rendezvous node.
+        let routable = !matches!(tx.purpose, Purpose::Forward { .. } | Purpose::Message(_));
+        if routable
+            && let Insert::PingFirst(q) = self.table.heard_from(node, Contact::Response, now)
+        {
             self.ping(q, now);
         }
         match tx.purpose {
@@ -129,6 +177,9 @@ impl Core {
             }
             Purpose::Store(op) => self.store_progress(op, Some(None)),
             Purpose::Ping => {}
+            Purpose::Forward { reply_to, tid } => self.rv_forward_done(reply_to, tid, Ok(())),
+            Purpose::Message(op) => self.rv_message_progress(op, Some(None)),
+            Purpose::RvAnnounce { .. } | Purpose::RvProbe => self.rv_answer(&tx, Some(r), now),
         }
     }
 }

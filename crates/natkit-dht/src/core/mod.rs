@@ -45,8 +45,10 @@ pub const MIN_BOOTSTRAP_REFRESH_DEPTH: usize = 4;
 pub type OpId = u64;
 
 mod incoming;
+mod rendezvous;
 mod request;
 
+pub use rendezvous::{HOP_TIMEOUT, RELAY_FANOUT};
 pub use request::{Outcome, Request};
 
 #[derive(Debug)]
@@ -59,6 +61,13 @@ enum Then {
     Announce(Option<u16>),
     Put(Box<PutItem>),
     Refresh,
+    /// Send the message to the closest nodes found.
+    Message(Box<crate::rendezvous::Envelope>),
+    /// Our rendezvous search: announce to the closest nodes found.
+    RvSearch,
+    /// Our rendezvous search's fallback: probe the natkit nodes found on the service
+    /// info-hash.
+    RvFallback,
 }
 
 #[derive(Debug)]
@@ -75,6 +84,11 @@ enum Phase {
         nodes: Vec<NodeInfo>,
         children: usize,
     },
+    /// A message given to `pending` more nodes; the first acknowledgement ends it.
+    Messaging {
+        pending: usize,
+        errors: Vec<i64>,
+    },
 }
 
 #[derive(Debug)]
@@ -83,11 +97,24 @@ struct Op {
     then: Then,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Purpose {
     Lookup(OpId),
     Store(OpId),
     Ping,
+    /// A message we forward for `reply_to` (its query's transaction id `tid`).
+    Forward {
+        reply_to: SocketAddr,
+        tid: Vec<u8>,
+    },
+    /// A message we send.
+    Message(OpId),
+    /// Our `natkit.announce`: part of a search, or a keepalive.
+    RvAnnounce {
+        search: bool,
+    },
+    /// A `get_peers` to a possible rendezvous node whose id we do not know yet.
+    RvProbe,
 }
 
 #[derive(Clone, Debug)]
@@ -119,6 +146,7 @@ pub struct Core {
     next_storage_expiry: Instant,
     /// Our own puts, by target, with when to republish them.
     own_items: HashMap<Id, (Request, Instant)>,
+    rv: rendezvous::Rv,
 }
 
 impl Core {
@@ -149,6 +177,7 @@ impl Core {
             limiter: RateLimiter::default(),
             next_storage_expiry: now + STORAGE_EXPIRY_INTERVAL,
             own_items: HashMap::new(),
+            rv: rendezvous::Rv::new(!read_only),
         }
     }
 
@@ -173,6 +202,10 @@ impl Core {
         s.routing_table_size = self.table.len();
         s.stored_items = self.server.storage().item_count();
         s.observed_address = self.observed.best();
+        s.registrations = self.rv.registrations();
+        s.rendezvous_points = self.rendezvous_points().len();
+        s.messages_delivered = self.rv.delivered;
+        s.messages_forwarded = self.rv.forwarded;
         s
     }
 
@@ -190,12 +223,13 @@ impl Core {
     pub fn next_deadline(&self) -> Instant {
         let lookups = self.ops.values().filter_map(|op| match &op.phase {
             Phase::Lookup(l) => l.next_deadline(),
-            Phase::Storing { .. } | Phase::Waiting { .. } => None,
+            Phase::Storing { .. } | Phase::Waiting { .. } | Phase::Messaging { .. } => None,
         });
         let txs = self.txs.values().map(|t| t.expires);
         lookups
             .chain(txs)
             .chain(self.own_items.values().map(|(_, t)| *t))
+            .chain(self.rv.next_deadline())
             .chain([self.table.next_refresh(), self.next_storage_expiry])
             .min()
             .unwrap_or(self.next_storage_expiry)
@@ -209,12 +243,25 @@ impl Core {
         purpose: Purpose,
         now: Instant,
     ) {
+        let timeout = match purpose {
+            Purpose::Lookup(_) => TRANSACTION_LIFETIME,
+            _ => self.rtt.timeout(),
+        };
+        self.send_with_timeout(to, node_id, query, purpose, timeout, now);
+    }
+
+    fn send_with_timeout(
+        &mut self,
+        to: SocketAddrV4,
+        node_id: Option<Id>,
+        query: Query,
+        purpose: Purpose,
+        timeout: Duration,
+        now: Instant,
+    ) {
         self.next_tid = self.next_tid.wrapping_add(1);
         let tid = self.next_tid.to_be_bytes().to_vec();
-        let expires = match purpose {
-            Purpose::Lookup(_) => now + TRANSACTION_LIFETIME,
-            Purpose::Store(_) | Purpose::Ping => now + self.rtt.timeout(),
-        };
+        let expires = now + timeout;
         self.stats.count_query_out(query.method());
         let mut m = Message::query(tid.clone(), query);
         m.read_only = self.read_only;
@@ -252,8 +299,19 @@ impl Core {
             self.events.push_back((op, Outcome::Busy));
             return op;
         }
-        self.remember_own(&req, now);
-        self.launch(op, req, None, now);
+        match req {
+            Request::Register => self.rv_register_start(op, now),
+            Request::SendMessage {
+                to,
+                payload,
+                via,
+                relay,
+            } => self.rv_send(op, to, payload, via, relay, now),
+            req => {
+                self.remember_own(&req, now);
+                self.launch(op, req, None, now);
+            }
+        }
         op
     }
 
@@ -305,6 +363,11 @@ impl Core {
                     Then::Put(Box::new(item)),
                     vec![],
                 )
+            }
+            Request::Register | Request::SendMessage { .. } => {
+                // Started by `start` itself, never launched as a lookup.
+                self.events.push_back((op, Outcome::Busy));
+                return;
             }
             Request::PutMutable(item, cas) => {
                 let kind = LookupKind::GetMutable {
@@ -427,6 +490,22 @@ impl Core {
             (Then::Refresh, _) => {
                 self.ops.remove(&op_id);
                 return;
+            }
+            (Then::Message(envelope), _) => {
+                let envelope = (**envelope).clone();
+                let targets = lookup.closest_answered();
+                let targets = targets.into_iter().map(|n| (Some(n.id), n.addr)).collect();
+                return self.rv_send_to(op_id, &envelope, targets, 0, now);
+            }
+            (Then::RvSearch, _) => {
+                let nodes = lookup.closest_with_tokens();
+                self.ops.remove(&op_id);
+                return self.rv_lookup_done(nodes, Vec::new(), now);
+            }
+            (Then::RvFallback, _) => {
+                let peers = lookup.peers().to_vec();
+                self.ops.remove(&op_id);
+                return self.rv_lookup_done(Vec::new(), peers, now);
             }
             (Then::Child(parent), _) => {
                 let parent = *parent;
@@ -580,6 +659,17 @@ impl Core {
                     self.store_progress(op, Some(Some(0)));
                 }
                 Purpose::Ping => self.fail_node(tx.node_id, now),
+                Purpose::Forward { reply_to, tid } => {
+                    self.rv_forward_done(reply_to, tid, Err(None))
+                }
+                Purpose::Message(op) => {
+                    let lost = Some(Some(crate::rendezvous::ERROR_UNDELIVERED));
+                    self.rv_message_progress(op, lost);
+                }
+                Purpose::RvAnnounce { .. } | Purpose::RvProbe => {
+                    self.fail_node(tx.node_id, now);
+                    self.rv_answer(&tx, None, now);
+                }
             }
         }
         let lookups: Vec<OpId> = self.ops.keys().copied().collect();
@@ -606,7 +696,9 @@ impl Core {
             // Its result is reported under an op id nobody waits for.
             self.start(req, now);
         }
+        self.rv_timeout(now);
         if now >= self.next_storage_expiry {
+            self.rv_expire(now);
             self.server.storage_mut().expire(now);
             self.limiter.expire(now);
             self.next_storage_expiry = now + STORAGE_EXPIRY_INTERVAL;

@@ -33,6 +33,23 @@ pub enum Request {
     PutImmutable(Value),
     /// Store a signed item on the closest nodes.
     PutMutable(MutableItem, Option<i64>),
+    /// Register our identity with rendezvous nodes and keep the registrations alive from then
+    /// on (see [`crate::rendezvous`]); reports the rendezvous nodes after the first round.
+    Register,
+    /// Send a signed message to the node with public key `to`.
+    SendMessage {
+        /// The recipient's ed25519 public key.
+        to: [u8; PUBLIC_KEY_BYTES],
+        /// At most [`crate::rendezvous::MAX_PAYLOAD_BYTES`].
+        payload: Vec<u8>,
+        /// Send it to these addresses (the recipient's rendezvous points from its UNL, or the
+        /// recipient itself). Empty: find the nodes closest to the recipient's rendezvous
+        /// target and send it to them.
+        via: Vec<SocketAddrV4>,
+        /// With `via` empty: route it hop by hop toward the recipient's rendezvous target
+        /// instead of looking the nodes up first.
+        relay: bool,
+    },
 }
 
 /// The result of a request.
@@ -53,6 +70,17 @@ pub enum Outcome {
         /// Nodes that accepted.
         accepted: usize,
         /// Error codes returned by the others.
+        errors: Vec<i64>,
+    },
+    /// Registered: our rendezvous nodes (empty if none accepted, or no identity is set).
+    Registered(Vec<SocketAddr>),
+    /// A message was acknowledged by its recipient.
+    Delivered,
+    /// A message was not delivered: the error codes of the nodes it was given to (a lost
+    /// answer counts as [`crate::rendezvous::ERROR_UNDELIVERED`]); empty if it could not even
+    /// be sent (no identity or clock, payload too big, nobody to send it to).
+    NotDelivered {
+        /// One code per node tried.
         errors: Vec<i64>,
     },
     /// The request was not started: [`super::MAX_OPERATIONS`] are already running.
