@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 say() { printf '\n== %s\n' "$*"; }
 
-APT_PACKAGES=(iproute2 nftables conntrack miniupnpd miniupnpd-nftables miniupnpc natpmpc python3)
+APT_PACKAGES=(iproute2 nftables conntrack miniupnpd miniupnpd-nftables miniupnpc natpmpc python3 python3-libtorrent)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
