@@ -82,7 +82,8 @@ pub const MAX_KEEPALIVE_FAILURES: u8 = 2;
 /// closest set as nodes come and go.
 pub const RESEARCH_INTERVAL: Duration = Duration::from_secs(5 * 60);
 
-/// After a search that found fewer than [`RENDEZVOUS_NODES`], how long before the next.
+/// After a search that found fewer than [`RENDEZVOUS_NODES`], how long before the next; it
+/// doubles after each such search, up to [`RESEARCH_INTERVAL`].
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Registrations a rendezvous node holds at most.

@@ -54,6 +54,9 @@ struct Client {
     nodes: Vec<RvNode>,
     round: Option<Round>,
     next_search: Instant,
+    /// Wait before the next search while short of rendezvous nodes: doubles from
+    /// [`RETRY_INTERVAL`] up to [`RESEARCH_INTERVAL`] (a small network may never have more).
+    retry: Duration,
     waiters: Vec<OpId>,
 }
 
@@ -465,6 +468,7 @@ impl Core {
             nodes: Vec::new(),
             round: None,
             next_search: now,
+            retry: RETRY_INTERVAL,
             waiters: Vec::new(),
         });
         client.waiters.push(op);
@@ -660,12 +664,13 @@ impl Core {
         nodes.sort_by_key(|n| t.distance(&n.node.id));
         nodes.truncate(RENDEZVOUS_NODES);
         client.nodes = nodes;
-        client.next_search = now
-            + if client.nodes.len() >= RENDEZVOUS_NODES {
-                RESEARCH_INTERVAL
-            } else {
-                RETRY_INTERVAL
-            };
+        if client.nodes.len() >= RENDEZVOUS_NODES {
+            client.next_search = now + RESEARCH_INTERVAL;
+            client.retry = RETRY_INTERVAL;
+        } else {
+            client.next_search = now + client.retry;
+            client.retry = (client.retry * 2).min(RESEARCH_INTERVAL);
+        }
         let points: Vec<SocketAddr> = client
             .nodes
             .iter()
