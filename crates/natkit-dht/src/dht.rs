@@ -266,8 +266,28 @@ impl DhtBuilder {
 /// A callback for delivered messages (see [`Dht::add_message_handler`]).
 pub type MessageHandler = Box<dyn FnMut(&Incoming) + Send>;
 
+/// What a streaming lookup ([`Dht::find_node_stream`], [`Dht::get_peers_stream`]) yields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LookupEvent {
+    /// A node answered (closer nodes, peers, tokens: all in `response`).
+    Reply {
+        /// Who answered.
+        from: NodeInfo,
+        /// Its answer.
+        response: crate::krpc::Response,
+    },
+    /// The lookup ended with this result (the same [`Dht::find_node`] or
+    /// [`Dht::get_peers`] would return); nothing follows.
+    Done(Outcome),
+}
+
+/// Events a streaming lookup may queue before its reader takes them; a lookup gets far
+/// fewer replies than this, so none is dropped unless the reader stops reading.
+pub const LOOKUP_STREAM_QUEUE: usize = 512;
+
 enum Command {
     Start(Request, oneshot::Sender<Outcome>),
+    StartStream(Request, mpsc::Sender<LookupEvent>),
     Stats(oneshot::Sender<Stats>),
     Forget(Id),
     AddHandler(MessageHandler),
@@ -356,6 +376,33 @@ impl Dht {
     /// The closest nodes to `target` that answered.
     pub async fn find_node(&self, target: Id) -> Result<Vec<NodeInfo>, DhtError> {
         self.nodes(Request::FindNode(target)).await
+    }
+
+    async fn stream(&self, req: Request) -> Result<mpsc::Receiver<LookupEvent>, DhtError> {
+        let (tx, rx) = mpsc::channel(LOOKUP_STREAM_QUEUE);
+        self.commands
+            .send(Command::StartStream(req, tx))
+            .await
+            .map_err(|_| DhtError::Shutdown)?;
+        Ok(rx)
+    }
+
+    /// [`Dht::find_node`] as a stream: every reply as it arrives, then
+    /// [`LookupEvent::Done`] with the closest nodes.
+    pub async fn find_node_stream(
+        &self,
+        target: Id,
+    ) -> Result<mpsc::Receiver<LookupEvent>, DhtError> {
+        self.stream(Request::FindNode(target)).await
+    }
+
+    /// [`Dht::get_peers`] as a stream: every reply (with its `values`) as it arrives, then
+    /// [`LookupEvent::Done`] with all peers found.
+    pub async fn get_peers_stream(
+        &self,
+        info_hash: Id,
+    ) -> Result<mpsc::Receiver<LookupEvent>, DhtError> {
+        self.stream(Request::GetPeers(info_hash)).await
     }
 
     /// Peers announced for `info_hash`.
@@ -621,6 +668,7 @@ async fn run(
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM_BYTES];
     let mut waiters: HashMap<OpId, oneshot::Sender<Outcome>> = HashMap::new();
+    let mut streams: HashMap<OpId, mpsc::Sender<LookupEvent>> = HashMap::new();
     let mut handlers: Vec<MessageHandler> = Vec::new();
     let mut stream: Option<mpsc::Sender<Incoming>> = None;
     loop {
@@ -639,9 +687,16 @@ async fn run(
                 tracing::debug!(%to, error = %e, "DHT send failed");
             }
         }
+        while let Some((op, from, response)) = core.poll_reply() {
+            if let Some(s) = streams.get(&op) {
+                let _ = s.try_send(LookupEvent::Reply { from, response });
+            }
+        }
         while let Some((op, outcome)) = core.poll_event() {
             if let Some(w) = waiters.remove(&op) {
                 let _ = w.send(outcome);
+            } else if let Some(s) = streams.remove(&op) {
+                let _ = s.try_send(LookupEvent::Done(outcome));
             }
         }
         let deadline = tokio::time::Instant::from_std(core.next_deadline());
@@ -674,6 +729,10 @@ async fn run(
                 Some(Command::Start(req, reply)) => {
                     let op = core.start(req, Instant::now());
                     waiters.insert(op, reply);
+                }
+                Some(Command::StartStream(req, events)) => {
+                    let op = core.start_streaming(req, Instant::now());
+                    streams.insert(op, events);
                 }
                 Some(Command::Stats(reply)) => {
                     let _ = reply.send(core.stats());

@@ -131,6 +131,77 @@ fn one_again(key: &SigningKey, salt: &[u8]) -> MutableItem {
     MutableItem::sign(key, salt, 1, Value::Bytes(b"one".to_vec())).expect("sign")
 }
 
+/// Events of a streaming lookup until `Done`.
+async fn drain(
+    mut rx: tokio::sync::mpsc::Receiver<natkit_dht::dht::LookupEvent>,
+) -> (
+    Vec<(natkit_dht::NodeInfo, natkit_dht::Response)>,
+    natkit_dht::core::Outcome,
+) {
+    use natkit_dht::dht::LookupEvent;
+    let mut replies = Vec::new();
+    loop {
+        match rx.recv().await.expect("the stream ends with Done") {
+            LookupEvent::Reply { from, response } => replies.push((from, response)),
+            LookupEvent::Done(outcome) => {
+                assert!(rx.recv().await.is_none(), "nothing after Done");
+                return (replies, outcome);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn lookups_as_streams_yield_each_reply_then_the_result() {
+    use natkit_dht::core::Outcome;
+    timed(async {
+        let net = Testnet::new(12).await.expect("testnet");
+        let addrs = net.bootstrap_addrs();
+        let target = Id([0x33; 20]);
+        let (replies, outcome) =
+            drain(net.nodes[3].find_node_stream(target).await.expect("stream")).await;
+        let Outcome::Nodes(closest) = outcome else {
+            panic!("find_node ends with nodes, got {outcome:?}");
+        };
+        assert!(!closest.is_empty());
+        assert!(
+            replies.len() >= closest.len(),
+            "every answering node is reported"
+        );
+        for (from, r) in &replies {
+            assert_eq!(from.id, r.id, "the reply is from the node named");
+            assert!(addrs.contains(&SocketAddr::V4(from.addr)));
+        }
+        for n in &closest {
+            assert!(
+                replies.iter().any(|(f, _)| f == n),
+                "{n:?} answered, so it was streamed"
+            );
+        }
+
+        let ih = Id([0x44; 20]);
+        assert!(
+            net.nodes[0]
+                .announce_peer(ih, Some(7000))
+                .await
+                .expect("announce")
+                > 0
+        );
+        let (replies, outcome) =
+            drain(net.nodes[7].get_peers_stream(ih).await.expect("stream")).await;
+        let peer = SocketAddr::from(([127, 0, 0, 1], 7000));
+        assert_eq!(outcome, Outcome::Peers(vec![peer]));
+        assert!(
+            replies
+                .iter()
+                .any(|(_, r)| r.values.as_ref().is_some_and(|v| v.contains(&peer))),
+            "the reply that carried the peer was streamed"
+        );
+        net.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn announce_and_get_peers() {
     timed(async {

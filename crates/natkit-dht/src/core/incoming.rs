@@ -167,11 +167,16 @@ impl Core {
             Purpose::Lookup(op) => {
                 if let Some(Op {
                     phase: Phase::Lookup(l),
+                    stream,
                     ..
                 }) = self.ops.get_mut(&op)
-                    && let Some(rtt) = l.on_response(tx.to, r, now)
                 {
-                    self.rtt.sample(rtt);
+                    if *stream {
+                        self.replies.push_back((op, node, r.clone()));
+                    }
+                    if let Some(rtt) = l.on_response(tx.to, r, now) {
+                        self.rtt.sample(rtt);
+                    }
                 }
                 self.drive(op, now);
             }

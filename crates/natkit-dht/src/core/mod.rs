@@ -95,6 +95,8 @@ enum Phase {
 struct Op {
     phase: Phase,
     then: Then,
+    /// Report each lookup reply as it arrives ([`Core::poll_reply`]).
+    stream: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -140,6 +142,7 @@ pub struct Core {
     ops: HashMap<OpId, Op>,
     outbox: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<(OpId, Outcome)>,
+    replies: VecDeque<(OpId, NodeInfo, crate::krpc::Response)>,
     stats: Stats,
     observed: ObservedAddress,
     limiter: RateLimiter,
@@ -172,6 +175,7 @@ impl Core {
             ops: HashMap::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
+            replies: VecDeque::new(),
             stats: Stats::default(),
             observed: ObservedAddress::default(),
             limiter: RateLimiter::default(),
@@ -315,6 +319,22 @@ impl Core {
         op
     }
 
+    /// Like [`Core::start`], and every reply its lookup gets also comes out of
+    /// [`Core::poll_reply`] as it arrives (dht-rpc's streaming queries). For lookups only; other
+    /// requests are started as by [`Core::start`].
+    pub fn start_streaming(&mut self, req: Request, now: Instant) -> OpId {
+        let op = self.start(req, now);
+        if let Some(o) = self.ops.get_mut(&op) {
+            o.stream = true;
+        }
+        op
+    }
+
+    /// The next reply to a streaming lookup: the request, who answered, and what.
+    pub fn poll_reply(&mut self) -> Option<(OpId, NodeInfo, crate::krpc::Response)> {
+        self.replies.pop_front()
+    }
+
     /// Starts an internal request (no event for it); false if too many are running.
     fn start_internal(&mut self, req: Request, then: Then, now: Instant) -> bool {
         if self.ops.len() >= MAX_OPERATIONS {
@@ -400,6 +420,7 @@ impl Core {
             Op {
                 phase: Phase::Lookup(Box::new(lookup)),
                 then: then_override.unwrap_or(then),
+                stream: false,
             },
         );
         self.drive(op, now);
@@ -470,6 +491,7 @@ impl Core {
         let Some(Op {
             phase: Phase::Lookup(lookup),
             then,
+            ..
         }) = self.ops.get(&op_id)
         else {
             return;

@@ -419,6 +419,7 @@ impl Core {
                     Op {
                         phase,
                         then: Then::Report,
+                        stream: false,
                     },
                 );
             }
