@@ -162,7 +162,8 @@ impl DhtBuilder {
         self
     }
 
-    /// A fixed node id (default: the saved table's, else random).
+    /// A fixed node id (default: the saved table's, else random; either is replaced by a BEP 42
+    /// secure id once enough nodes agree on our public IP). A fixed id is kept as given.
     pub fn id(mut self, id: Id) -> Self {
         self.id = Some(id);
         self
@@ -233,6 +234,7 @@ impl DhtBuilder {
             core.server_mut().register(&method, h)?;
         }
         core.set_unix_time(now, unix_now());
+        core.set_adopt_secure_id(self.id.is_none());
         core.set_rendezvous_server(self.rendezvous_server);
         if let Some(every) = self.keepalive {
             core.set_keepalive_interval(every);
@@ -341,7 +343,9 @@ impl Dht {
         self.local_addr
     }
 
-    /// Our node id.
+    /// Our node id at start. Unless it was fixed with [`DhtBuilder::id`], it changes to a BEP
+    /// 42 secure id once enough nodes agree on a public IP it does not match
+    /// ([`Stats::id_changes`]).
     pub fn id(&self) -> Id {
         self.id
     }

@@ -37,8 +37,9 @@
 //!   [`dht::Dht::send_message`], [`dht::Dht::relay_message`], [`dht::Dht::messages`]).
 //!
 //! # Not yet
-//! IPv4 only (no BEP 32 `nodes6` lookups); BEP 42 ids are checked but natkit does not yet adopt
-//! a secure id from the observed address nor refuse stores from non-compliant ids.
+//! IPv4 only (no BEP 32 `nodes6` lookups). natkit takes a BEP 42 secure id once
+//! [`core::SECURE_ID_VOTES`] nodes agree on its public IP, but does not yet refuse stores from
+//! nodes whose ids are not compliant (libtorrent does not by default either).
 //!
 //! # Example
 //! ```

@@ -221,7 +221,10 @@ impl Lookup {
     }
 
     fn add_candidate(&mut self, node: NodeInfo, hop: u32) {
-        if node.id == self.own {
+        // One candidate per address: a node that answered under another id than others list
+        // it with (it changed id, e.g. to a BEP 42 one) must not come back under the old id,
+        // or the lookup would ask it again and again.
+        if node.id == self.own || self.candidates.iter().any(|c| c.node.addr == node.addr) {
             return;
         }
         let d = self.target.distance(&node.id);

@@ -244,3 +244,45 @@ fn put_and_get_items_and_peers_across_the_simulated_network() {
     let expected = SocketAddr::new(IpAddr::V4(*net.nodes[2].info.addr.ip()), 7000);
     assert_eq!(l.peers(), &[expected]);
 }
+
+#[test]
+fn a_node_that_changed_id_is_asked_once_although_others_list_its_old_id() {
+    let now = Instant::now();
+    let target = Id([0x10; 20]);
+    let old = NodeInfo {
+        id: Id([0x11; 20]),
+        addr: SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 6881),
+    };
+    let other = NodeInfo {
+        id: Id([0x12; 20]),
+        addr: SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 6881),
+    };
+    let mut l = Lookup::new(
+        Id([0xff; 20]),
+        target,
+        LookupKind::FindNode,
+        &[old, other],
+        RttEstimator::default(),
+    );
+    let mut queries = 0;
+    for _ in 0..50 {
+        let sends = l.next_queries(now);
+        if sends.is_empty() {
+            break;
+        }
+        for n in sends {
+            queries += 1;
+            // `old` now answers under a new id; everybody keeps listing its old one.
+            let id = if n.addr == old.addr {
+                Id([0x99; 20])
+            } else {
+                n.id
+            };
+            let mut r = Response::new(id);
+            r.nodes = Some(vec![old, other]);
+            l.on_response(n.addr, &r, now);
+        }
+    }
+    assert!(l.is_done(), "the lookup ends");
+    assert_eq!(queries, 2, "each address asked once");
+}

@@ -159,6 +159,11 @@ impl Server {
         self.id
     }
 
+    /// Answers as `id` from now on (after adopting a BEP 42 secure id).
+    pub fn set_id(&mut self, id: Id) {
+        self.id = id;
+    }
+
     /// The store (for stats and tests).
     pub fn storage(&self) -> &Storage {
         &self.storage

@@ -63,6 +63,8 @@ pub struct Stats {
     pub messages_delivered: u64,
     /// Messages we forwarded toward their recipient.
     pub messages_forwarded: u64,
+    /// Times our node id changed to a BEP 42 secure id for our observed IP.
+    pub id_changes: u64,
 }
 
 fn method_name(m: &[u8]) -> String {
@@ -111,6 +113,19 @@ impl ObservedAddress {
         if set.len() < MAX_VOTERS_PER_ADDRESS {
             set.insert(voter);
         }
+    }
+
+    /// The IP most nodes agree on (whatever the port: a symmetric NAT gives each node another
+    /// port), with the number of distinct nodes.
+    pub fn best_ip(&self) -> Option<(std::net::IpAddr, usize)> {
+        let mut per_ip: HashMap<std::net::IpAddr, HashSet<SocketAddrV4>> = HashMap::new();
+        for (addr, voters) in &self.votes {
+            per_ip.entry(addr.ip()).or_default().extend(voters);
+        }
+        per_ip
+            .into_iter()
+            .map(|(ip, v)| (ip, v.len()))
+            .max_by_key(|(ip, n)| (*n, std::cmp::Reverse(*ip)))
     }
 
     /// The address most nodes agree on, with the number of distinct nodes.

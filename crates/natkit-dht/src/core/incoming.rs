@@ -151,6 +151,7 @@ impl Core {
         };
         if let Some(ip) = msg.ip {
             self.observed.vote(ip, tx.to);
+            self.check_secure_id(now);
         }
         let node = NodeInfo {
             id: r.id,

@@ -41,6 +41,9 @@ pub const MAX_OWN_ITEMS: usize = 1000;
 /// the node is known on both sides of the id space, not only near its own id.
 pub const MIN_BOOTSTRAP_REFRESH_DEPTH: usize = 4;
 
+/// Distinct nodes that must agree on our public IP before we take a BEP 42 secure id for it.
+pub const SECURE_ID_VOTES: usize = 4;
+
 /// Identifies a request given to [`Core::start`].
 pub type OpId = u64;
 
@@ -150,6 +153,12 @@ pub struct Core {
     /// Our own puts, by target, with when to republish them.
     own_items: HashMap<Id, (Request, Instant)>,
     rv: rendezvous::Rv,
+    /// Whether our id may change to a BEP 42 secure id (not when the caller chose it).
+    adopt_secure_id: bool,
+    /// The IP our id was last checked against.
+    secure_for: Option<std::net::IpAddr>,
+    /// Our id before the last change: nodes that knew us by it still sign announces for it.
+    previous_id: Option<Id>,
 }
 
 impl Core {
@@ -182,12 +191,52 @@ impl Core {
             next_storage_expiry: now + STORAGE_EXPIRY_INTERVAL,
             own_items: HashMap::new(),
             rv: rendezvous::Rv::new(!read_only),
+            adopt_secure_id: true,
+            secure_for: None,
+            previous_id: None,
         }
     }
 
     /// Our id.
     pub fn id(&self) -> Id {
         self.id
+    }
+
+    /// Whether to switch to a BEP 42 secure id once [`SECURE_ID_VOTES`] nodes agree on our
+    /// public IP (on by default; off keeps the id given, e.g. by `Dht::builder().id(..)`).
+    /// Loopback and private addresses are exempt and never cause a change.
+    pub fn set_adopt_secure_id(&mut self, adopt: bool) {
+        self.adopt_secure_id = adopt;
+    }
+
+    /// After a vote on our address: if enough nodes agree on a public IP our id does not match
+    /// (BEP 42), take a secure id for it. The routing table is rebuilt around the new id (its
+    /// nodes must answer again before they count as good) and a lookup of the new id tells
+    /// the nodes near it about us.
+    fn check_secure_id(&mut self, now: Instant) {
+        if !self.adopt_secure_id {
+            return;
+        }
+        let Some((ip, votes)) = self.observed.best_ip() else {
+            return;
+        };
+        if votes < SECURE_ID_VOTES || self.secure_for == Some(ip) {
+            return;
+        }
+        self.secure_for = Some(ip);
+        if crate::bep42::is_compliant(&self.id, ip) {
+            return;
+        }
+        let id = crate::bep42::secure_id(ip, self.random_bytes());
+        let mut saved = self.table.to_saved();
+        saved.id = id;
+        self.table = RoutingTable::from_saved(&saved, now);
+        self.server.set_id(id);
+        self.previous_id = Some(self.id);
+        self.id = id;
+        self.stats.id_changes += 1;
+        tracing::info!(%ip, id = %id.to_hex(), "took a BEP 42 secure node id for our public IP");
+        self.start_internal(Request::FindNode(id), Then::Refresh, now);
     }
 
     /// The routing table.

@@ -222,7 +222,11 @@ impl Core {
         if !self.server.tokens_mut().check(&a.token, from.ip(), now) {
             return Err((ERROR_PROTOCOL, "bad token".to_owned()));
         }
-        a.verify(&self.id).map_err(refuse)?;
+        // Announces signed for our previous id (we just took a BEP 42 id) are still ours.
+        let previous = self.previous_id;
+        a.verify(&self.id)
+            .or_else(|e| previous.map_or(Err(e), |p| a.verify(&p)))
+            .map_err(refuse)?;
         self.rv.registry.register(&a, from, now).map_err(refuse)?;
         let mut r = Response::new(self.id);
         let token = self.server.tokens_mut().token(from.ip(), now);
@@ -566,15 +570,17 @@ impl Core {
                 return self.rv_announce(node, token, true, now);
             }
             (Purpose::RvAnnounce { search: true }, Some(r)) => {
-                if let (
-                    Some(Client {
-                        round: Some(round), ..
-                    }),
-                    Some(id),
-                ) = (&mut self.rv.client, tx.node_id)
+                if let Some(Client {
+                    round: Some(round), ..
+                }) = &mut self.rv.client
                 {
+                    // Its id as it answered: it may have taken a new (BEP 42) id since the
+                    // lookup, and keepalives are signed for it.
                     round.accepted.push(RvNode {
-                        node: NodeInfo { id, addr: tx.to },
+                        node: NodeInfo {
+                            id: r.id,
+                            addr: tx.to,
+                        },
                         token: next_token(r),
                         next_keepalive: now + keepalive,
                         failures: 0,
@@ -592,6 +598,8 @@ impl Core {
                     Some(r) => {
                         client.nodes[i].failures = 0;
                         client.nodes[i].token = next_token(r);
+                        // It may have taken a new (BEP 42) id: sign for that one next time.
+                        client.nodes[i].node.id = r.id;
                     }
                     None => {
                         client.nodes[i].failures += 1;

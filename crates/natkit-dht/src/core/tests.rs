@@ -229,3 +229,55 @@ proptest! {
         while c.poll_transmit().is_some() {}
     }
 }
+
+/// A core whose table holds `n` nodes at public addresses, after a lookup whose every query
+/// was answered with `ip` = `seen`.
+fn core_seen_as(seen: SocketAddr, adopt: bool) -> Core {
+    let now = Instant::now();
+    let mut table = RoutingTable::new(Id([0; 20]), now);
+    for i in 0..SECURE_ID_VOTES as u8 {
+        let node = NodeInfo {
+            id: Id([0x80 | i; 20]),
+            addr: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 1 + i), 6881),
+        };
+        table.heard_from(node, crate::routing::Contact::Response, now);
+    }
+    let mut core = Core::new(table, false, [9; 32], now);
+    core.set_adopt_secure_id(adopt);
+    core.start(Request::FindNode(Id([0x11; 20])), now);
+    let mut answered = 0;
+    while let Some((to, bytes)) = core.poll_transmit() {
+        let q = krpc::parse(&bytes).expect("our query parses");
+        if !matches!(q.kind, Kind::Query(Query::FindNode { .. })) {
+            continue;
+        }
+        answered += 1;
+        let SocketAddr::V4(to4) = to else {
+            unreachable!()
+        };
+        let mut r = krpc::Response::new(Id([0x80 | (to4.ip().octets()[3] - 1); 20]));
+        r.nodes = Some(Vec::new());
+        let mut m = Message::response(q.transaction_id, r);
+        m.ip = Some(seen);
+        core.handle_datagram(to, &m.emit(), now);
+    }
+    assert!(answered >= SECURE_ID_VOTES, "every node was asked");
+    core
+}
+
+#[test]
+fn a_bep42_secure_id_is_taken_once_enough_nodes_agree_on_a_public_ip() {
+    let public = SocketAddr::from(([198, 51, 100, 7], 5000));
+    let core = core_seen_as(public, true);
+    assert_ne!(core.id(), Id([0; 20]));
+    assert!(crate::bep42::id_matches_ip(&core.id(), public.ip()));
+    assert_eq!(core.stats().id_changes, 1);
+    assert_eq!(core.table().own_id(), core.id());
+    assert_eq!(core.table().len(), SECURE_ID_VOTES, "the nodes are kept");
+
+    // A fixed id stays; exempt (private, loopback) addresses change nothing.
+    assert_eq!(core_seen_as(public, false).id(), Id([0; 20]));
+    let private = SocketAddr::from(([192, 168, 1, 7], 5000));
+    assert_eq!(core_seen_as(private, true).id(), Id([0; 20]));
+    assert_eq!(core_seen_as(private, true).stats().id_changes, 0);
+}
