@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use crate::lookup::LookupStats;
 
-/// Queries accepted from one source address (IP and port) per [`RATE_WINDOW`]; more are
-/// dropped unanswered. A well-behaved node sends a handful per lookup; 100/s leaves ample room
-/// for a busy neighbour while bounding what one source can make us send.
+/// Queries accepted from one source IP per [`RATE_WINDOW`] (from one IP *and port* on
+/// loopback, where every local test node shares 127.0.0.1); more are dropped unanswered. A
+/// well-behaved node sends a handful per lookup; 100/s leaves room for several busy nodes
+/// behind one NAT while bounding what one host can make us send, whatever ports it uses.
 pub const MAX_QUERIES_PER_SOURCE: u32 = 100;
 
 /// The rate limit's window.
@@ -146,6 +147,11 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// Whether a query from `from` at `now` may be answered.
     pub fn allow(&mut self, from: SocketAddr, now: Instant) -> bool {
+        let from = if from.ip().is_loopback() {
+            from
+        } else {
+            SocketAddr::new(from.ip(), 0)
+        };
         if !self.sources.contains_key(&from) && self.sources.len() >= MAX_TRACKED_SOURCES {
             self.expire(now);
             if self.sources.len() >= MAX_TRACKED_SOURCES {
@@ -178,13 +184,26 @@ mod tests {
         let now = Instant::now();
         let mut r = RateLimiter::default();
         let a = SocketAddr::from(([10, 0, 0, 1], 1));
-        let b = SocketAddr::from(([10, 0, 0, 1], 2));
+        let b = SocketAddr::from(([10, 0, 0, 2], 1));
         for _ in 0..MAX_QUERIES_PER_SOURCE {
             assert!(r.allow(a, now));
         }
         assert!(!r.allow(a, now));
         assert!(r.allow(b, now), "another source is not affected");
         assert!(r.allow(a, now + RATE_WINDOW));
+    }
+
+    #[test]
+    fn rate_limit_is_per_ip_off_loopback() {
+        let now = Instant::now();
+        let mut r = RateLimiter::default();
+        for port in 0..MAX_QUERIES_PER_SOURCE {
+            let p = u16::try_from(port).expect("fits");
+            assert!(r.allow(SocketAddr::from(([198, 51, 100, 1], p)), now));
+        }
+        let other_port = SocketAddr::from(([198, 51, 100, 1], 60_000));
+        assert!(!r.allow(other_port, now), "a new port does not get a new budget");
+        assert!(r.allow(SocketAddr::from(([198, 51, 100, 2], 1)), now));
     }
 
     #[test]
