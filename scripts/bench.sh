@@ -5,6 +5,9 @@
 #   scripts/bench.sh lines [--quick]   # line throughput vs raw TCP; RSS of idle connections
 #   scripts/bench.sh portmap [ROUNDS]  # time to a working mapping (natkit per method, upnpc,
 #                                      # natpmpc) in a NAT lab; needs root and the lab tools
+#   scripts/bench.sh dht [--quick]     # 1,000-node natkit vs mainline networks on loopback (as
+#                                      # root each in a private network namespace); simulation
+#                                      # at 10,000 and 100,000 nodes vs the notes' ideal table
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-}
@@ -21,5 +24,6 @@ case "$what" in
     scripts/natlab.sh --name "$lab" up cone cone --upnp natA --owner $$ >/dev/null
     /usr/bin/python3 scripts/lab/portmap_bench.py "$lab" "$(realpath "$target")/release/natkit" "$rounds"
     ;;
-  *) echo "usage: scripts/bench.sh lines [--quick] | portmap [ROUNDS]" >&2; exit 2 ;;
+  dht) exec cargo bench --quiet -p natkit-dht --bench dht -- "$@" ;;
+  *) echo "usage: scripts/bench.sh lines [--quick] | portmap [ROUNDS] | dht [--quick]" >&2; exit 2 ;;
 esac
