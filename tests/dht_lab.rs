@@ -29,6 +29,28 @@ fn node_id(dir: &Path, name: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// `natkit dht run` on a public host, up and bound to `bind`.
+fn dht_node(
+    lab: &Lab,
+    host: Host,
+    dir: &Path,
+    name: &str,
+    bind: &str,
+    bootstrap: Option<&str>,
+) -> LabChild {
+    let key = key_arg(dir, name);
+    let mut argv = vec![NATKIT, "--key", &key];
+    if let Some(b) = bootstrap {
+        argv.extend(["--bootstrap", b]);
+    }
+    argv.extend(["dht", "run", "--bind", bind]);
+    let mut child = lab.spawn(host, &argv).expect("spawn DHT node");
+    child
+        .wait_for_stdout("dht node", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{name} not up: {e}: {}", child.stderr()));
+    child
+}
+
 fn listen(lab: &Lab, host: Host, dir: &Path, name: &str, keepalive: &str, rdv: &str) -> LabChild {
     let key = key_arg(dir, name);
     let argv = [
@@ -72,65 +94,11 @@ fn a_message_reaches_a_node_behind_nat_through_its_rendezvous_node() {
     // Three public DHT nodes (so a registered node has its three rendezvous nodes and does not
     // search again for minutes: a search would refresh its mapping too).
     let rdv = format!("{}:6881", lab.ip(Host::Rendezvous));
-    let bind = rdv.clone();
-    let mut first = lab
-        .spawn(
-            Host::Rendezvous,
-            &[
-                NATKIT,
-                "--key",
-                &key_arg(dir.path(), "rdv"),
-                "dht",
-                "run",
-                "--bind",
-                &bind,
-            ],
-        )
-        .expect("spawn rendezvous node");
-    first
-        .wait_for_stdout("dht node", Duration::from_secs(10))
-        .expect("rendezvous node up");
-    let bind2 = format!("{}:6881", lab.ip(Host::Public2));
-    let mut second = lab
-        .spawn(
-            Host::Public2,
-            &[
-                NATKIT,
-                "--key",
-                &key_arg(dir.path(), "p2"),
-                "--bootstrap",
-                &rdv,
-                "dht",
-                "run",
-                "--bind",
-                &bind2,
-            ],
-        )
-        .expect("spawn second node");
-    second
-        .wait_for_stdout("dht node", Duration::from_secs(10))
-        .expect("second node up");
-
-    let bind3 = format!("{}:6882", lab.ip(Host::Rendezvous));
-    let mut third = lab
-        .spawn(
-            Host::Rendezvous,
-            &[
-                NATKIT,
-                "--key",
-                &key_arg(dir.path(), "p3"),
-                "--bootstrap",
-                &rdv,
-                "dht",
-                "run",
-                "--bind",
-                &bind3,
-            ],
-        )
-        .expect("spawn third node");
-    third
-        .wait_for_stdout("dht node", Duration::from_secs(10))
-        .expect("third node up");
+    let first = dht_node(&lab, Host::Rendezvous, dir.path(), "rdv", &rdv, None);
+    let public2 = format!("{}:6881", lab.ip(Host::Public2));
+    let second = dht_node(&lab, Host::Public2, dir.path(), "p2", &public2, Some(&rdv));
+    let rdv2 = format!("{}:6882", lab.ip(Host::Rendezvous));
+    let third = dht_node(&lab, Host::Rendezvous, dir.path(), "p3", &rdv2, Some(&rdv));
 
     // Alice refreshes every second, Carol (same NAT) every 20 s.
     let mut alice = listen(&lab, Host::Alice, dir.path(), "alice", "1", &rdv);

@@ -2,6 +2,8 @@
 //! `mainline` node is built with `bind_address(LOCALHOST).port(0).server_mode()` and either
 //! `no_bootstrap()` or a loopback bootstrap list, so nothing is resolved or sent elsewhere.
 
+mod support;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -10,21 +12,12 @@ use natkit_dht::bep44::MutableItem;
 use natkit_dht::dht::Dht;
 use natkit_dht::testnet::Testnet;
 use natkit_dht::{Id, Value};
+use support::mainline_node;
 
 const LOOPBACK: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
 
 /// Generous: `mainline` ticks every 50 ms and times requests out after 2 s.
 const TEST_TIMEOUT: Duration = Duration::from_secs(40);
-
-fn mainline_node(bootstrap: Option<SocketAddr>) -> mainline::async_dht::AsyncDht {
-    let mut b = mainline::Dht::builder();
-    b.bind_address(Ipv4Addr::LOCALHOST).port(0).server_mode();
-    match bootstrap {
-        Some(addr) => b.bootstrap(&[addr.to_string()]),
-        None => b.no_bootstrap(),
-    };
-    b.build().expect("mainline node").as_async()
-}
 
 async fn mainline_addr(m: &mainline::async_dht::AsyncDht) -> SocketAddr {
     SocketAddr::V4(m.info().await.local_addr())

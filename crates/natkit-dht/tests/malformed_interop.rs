@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use natkit_dht::dht::Dht;
 use natkit_dht::krpc::{self, ERROR_METHOD_UNKNOWN, ERROR_PROTOCOL};
 use natkit_dht::{ErrorMessage, Id, Kind, Message, Query, Value};
-use support::{Libtorrent, hex, libtorrent_or_skip, unhex};
+use support::{Libtorrent, hex, libtorrent_or_skip, mainline_node, unhex};
 use tokio::net::UdpSocket;
 
 const LOOPBACK: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
@@ -30,15 +30,6 @@ const ANSWER_WAIT: Duration = Duration::from_secs(2);
 const FLOOD_PACING: Duration = Duration::from_millis(12);
 
 const ECHO: &str = "natkit.echo";
-
-fn mainline_node(bootstrap: SocketAddr) -> mainline::async_dht::AsyncDht {
-    let mut b = mainline::Dht::builder();
-    b.bind_address(Ipv4Addr::LOCALHOST)
-        .port(0)
-        .server_mode()
-        .bootstrap(&[bootstrap.to_string()]);
-    b.build().expect("mainline node").as_async()
-}
 
 async fn natkit_node(bootstrap: &[SocketAddr]) -> Dht {
     let echo = |from: SocketAddr, _: &Value, _: Instant| {
@@ -244,10 +235,10 @@ async fn malformed_input_in_a_mixed_network_does_not_break_natkit() {
             .cmd(&format!("put_immutable 1 {}", hex(b"from lt")))
             .await;
         let lt_item = support::id_from_hex(&r["target"]);
-        let m0 = mainline_node(nk0.local_addr());
+        let m0 = mainline_node(Some(nk0.local_addr()));
         assert!(m0.bootstrapped().await, "mainline bootstraps from natkit");
         let m0_addr = SocketAddr::V4(m0.info().await.local_addr());
-        let m1 = mainline_node(m0_addr);
+        let m1 = mainline_node(Some(m0_addr));
         assert!(m1.bootstrapped().await);
         let m1_addr = SocketAddr::V4(m1.info().await.local_addr());
         let m1_id = Id(*m1.info().await.id().as_bytes());

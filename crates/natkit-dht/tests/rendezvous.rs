@@ -4,6 +4,8 @@
 //! through the service info-hash in a network shared with `mainline` nodes.
 //! (Through real NAT: `tests/dht_lab.rs` at the workspace root.)
 
+mod support;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use natkit_dht::rendezvous::{
     RENDEZVOUS_NODES,
 };
 use natkit_dht::testnet::Testnet;
+use support::mainline_node;
 use tokio::sync::mpsc;
 
 const LOOPBACK: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
@@ -260,16 +263,6 @@ async fn a_rendezvous_node_that_goes_away_is_replaced() {
         net.shutdown().await;
     })
     .await;
-}
-
-fn mainline_node(bootstrap: Option<SocketAddr>) -> mainline::async_dht::AsyncDht {
-    let mut b = mainline::Dht::builder();
-    b.bind_address(Ipv4Addr::LOCALHOST).port(0).server_mode();
-    match bootstrap {
-        Some(addr) => b.bootstrap(&[addr.to_string()]),
-        None => b.no_bootstrap(),
-    };
-    b.build().expect("mainline node").as_async()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::{Core, Op, Phase, Purpose, Tx};
 use crate::id::NodeInfo;
-use crate::krpc::{self, Kind, KrpcError, Message, Query, Response};
+use crate::krpc::{self, ErrorMessage, Kind, KrpcError, Message, Query, Response};
 use crate::rendezvous;
 use crate::routing::{Contact, Insert};
 
@@ -25,28 +25,39 @@ impl Core {
                 let Some(tx) = self.take_tx(&msg.transaction_id, from) else {
                     return;
                 };
-                match tx.purpose {
-                    Purpose::Lookup(op) => {
-                        if let Some(Op {
-                            phase: Phase::Lookup(l),
-                            ..
-                        }) = self.ops.get_mut(&op)
-                        {
-                            l.on_failure(tx.to);
-                        }
-                        self.drive(op, now);
-                    }
-                    Purpose::Store(op) => self.store_progress(op, Some(Some(e.code))),
-                    Purpose::Ping => {}
-                    Purpose::Forward { reply_to, tid } => {
-                        let error = Some((e.code, e.message.clone()));
-                        self.rv_forward_done(reply_to, tid, Err(error));
-                    }
-                    Purpose::Message(op) => self.rv_message_progress(op, Some(Some(e.code))),
-                    Purpose::RvAnnounce { .. } => self.rv_refused(&tx, now),
-                    Purpose::RvProbe => self.rv_answer(&tx, None, now),
-                }
+                self.tx_failed(tx, Some(e), now);
             }
+        }
+    }
+
+    /// A request was answered with an error (`Some`) or with something malformed (`None`).
+    fn tx_failed(&mut self, tx: Tx, error: Option<&ErrorMessage>, now: Instant) {
+        let code = error.map_or(0, |e| e.code);
+        match &tx.purpose {
+            Purpose::Lookup(op) => {
+                let op = *op;
+                if let Some(Op {
+                    phase: Phase::Lookup(l),
+                    ..
+                }) = self.ops.get_mut(&op)
+                {
+                    l.on_failure(tx.to);
+                }
+                self.drive(op, now);
+            }
+            Purpose::Store(op) => self.store_progress(*op, Some(Some(code))),
+            Purpose::Ping => {}
+            Purpose::Forward { reply_to, tid } => {
+                let error = error.map(|e| (e.code, e.message.clone()));
+                self.rv_forward_done(*reply_to, tid.clone(), Err(error));
+            }
+            Purpose::Message(op) => {
+                let code = error.map_or(rendezvous::ERROR_UNDELIVERED, |e| e.code);
+                self.rv_message_progress(*op, Some(Some(code)));
+            }
+            // A refused keepalive means the node dropped us: replace it at once.
+            Purpose::RvAnnounce { .. } if error.is_some() => self.rv_refused(&tx, now),
+            Purpose::RvAnnounce { .. } | Purpose::RvProbe => self.rv_answer(&tx, None, now),
         }
     }
 
@@ -63,28 +74,7 @@ impl Core {
         if let KrpcError::MalformedResponse { transaction_id, .. } = e
             && let Some(tx) = self.take_tx(transaction_id, from)
         {
-            match tx.purpose {
-                Purpose::Lookup(op) => {
-                    if let Some(Op {
-                        phase: Phase::Lookup(l),
-                        ..
-                    }) = self.ops.get_mut(&op)
-                    {
-                        l.on_failure(tx.to);
-                    }
-                    self.drive(op, now);
-                }
-                Purpose::Store(op) => self.store_progress(op, Some(Some(0))),
-                Purpose::Ping => {}
-                Purpose::Forward { reply_to, tid } => {
-                    self.rv_forward_done(reply_to, tid, Err(None))
-                }
-                Purpose::Message(op) => {
-                    let lost = Some(Some(crate::rendezvous::ERROR_UNDELIVERED));
-                    self.rv_message_progress(op, lost);
-                }
-                Purpose::RvAnnounce { .. } | Purpose::RvProbe => self.rv_answer(&tx, None, now),
-            }
+            self.tx_failed(tx, None, now);
             return;
         }
         if self.read_only || !self.limiter.allow(from, now) {

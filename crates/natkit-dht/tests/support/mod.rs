@@ -246,3 +246,17 @@ pub fn unhex(s: &str) -> Vec<u8> {
 pub fn id_from_hex(s: &str) -> Id {
     Id(unhex(s).try_into().expect("20-byte id"))
 }
+
+/// A `mainline` DHT node on 127.0.0.1 only: a free port, server mode (it answers queries), and
+/// either no bootstrap at all or the one loopback node given (never its public routers).
+pub fn mainline_node(bootstrap: Option<SocketAddr>) -> mainline::async_dht::AsyncDht {
+    let mut b = mainline::Dht::builder();
+    b.bind_address(std::net::Ipv4Addr::LOCALHOST)
+        .port(0)
+        .server_mode();
+    match bootstrap {
+        Some(addr) => b.bootstrap(&[addr.to_string()]),
+        None => b.no_bootstrap(),
+    };
+    b.build().expect("mainline node").as_async()
+}
