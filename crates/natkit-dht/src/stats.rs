@@ -202,7 +202,10 @@ mod tests {
             assert!(r.allow(SocketAddr::from(([198, 51, 100, 1], p)), now));
         }
         let other_port = SocketAddr::from(([198, 51, 100, 1], 60_000));
-        assert!(!r.allow(other_port, now), "a new port does not get a new budget");
+        assert!(
+            !r.allow(other_port, now),
+            "a new port does not get a new budget"
+        );
         assert!(r.allow(SocketAddr::from(([198, 51, 100, 2], 1)), now));
     }
 
