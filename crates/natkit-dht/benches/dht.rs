@@ -291,7 +291,7 @@ async fn natkit_child(cfg: &Config) {
         lookups.push(s.lookups as f64);
     }
     phases.out.insert("table_mean".into(), mean(&tables));
-    // Lookups each node ran to join (its bootstrap, bucket refreshes, Testnet's second round).
+    // Lookups each node ran to join (its bootstrap and bucket refreshes).
     phases
         .out
         .insert("boot_lookups_per_node".into(), mean(&lookups));

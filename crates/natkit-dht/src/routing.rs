@@ -401,6 +401,20 @@ impl RoutingTable {
         Some(bucket.entries.remove(i).node)
     }
 
+    /// Good nodes in the bucket that `id` falls in, or `None` when that is the bucket around
+    /// our own id (it splits instead of filling up, so "full" means nothing there).
+    pub fn good_in_bucket(&self, id: &Id, now: Instant) -> Option<usize> {
+        let b = self.bucket_of(id)?;
+        if b + 1 == self.buckets.len() {
+            return None;
+        }
+        let good = self.buckets[b]
+            .entries
+            .iter()
+            .filter(|e| e.status(now) == Status::Good);
+        Some(good.count())
+    }
+
     /// Up to `n` non-bad nodes closest to `target`, closest first.
     pub fn closest(&self, target: &Id, n: usize, now: Instant) -> Vec<NodeInfo> {
         let mut all: Vec<NodeInfo> = self

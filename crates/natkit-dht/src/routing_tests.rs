@@ -258,3 +258,20 @@ fn one_entry_per_address() {
     );
     assert_eq!(t.len(), 1);
 }
+
+#[test]
+fn good_in_bucket_counts_good_nodes_outside_the_own_bucket() {
+    let now = Instant::now();
+    let mut t = full_far_bucket(now);
+    let far = id_with_prefix(0x80, 99);
+    assert_eq!(t.good_in_bucket(&far, now), Some(K));
+    // The own bucket splits instead of filling up: no count.
+    assert_eq!(t.good_in_bucket(&id_with_prefix(0x01, 7), now), None);
+    assert_eq!(t.good_in_bucket(&Id([0; 20]), now), None);
+    // Bad (failed twice) or silent nodes are not good.
+    for _ in 0..BAD_AFTER_FAILURES {
+        t.failed(&id_with_prefix(0x80, 0), now);
+    }
+    assert_eq!(t.good_in_bucket(&far, now), Some(K - 1));
+    assert_eq!(t.good_in_bucket(&far, now + GOOD_WINDOW), Some(0));
+}

@@ -126,11 +126,14 @@ impl Core {
         }
     }
 
+    /// A querier joins the table as questionable (BEP 5: good once it answered us). It is not
+    /// pinged to verify it: that cost a ping per new querier (a tenth of the datagrams sent
+    /// while a network forms) and would send a second datagram to whatever address a spoofed
+    /// query names. Lookups verify it when they ask it; a full bucket pings its questionable
+    /// nodes before replacing them.
     fn table_heard_query(&mut self, node: NodeInfo, now: Instant) {
-        match self.table.heard_from(node, Contact::Query, now) {
-            Insert::Added => self.ping(node, now), // verify it before relying on it
-            Insert::PingFirst(q) => self.ping(q, now),
-            _ => {}
+        if let Insert::PingFirst(q) = self.table.heard_from(node, Contact::Query, now) {
+            self.ping(q, now);
         }
     }
 

@@ -281,3 +281,67 @@ fn a_bep42_secure_id_is_taken_once_enough_nodes_agree_on_a_public_ip() {
     assert_eq!(core_seen_as(private, true).id(), Id([0; 20]));
     assert_eq!(core_seen_as(private, true).stats().id_changes, 0);
 }
+
+#[test]
+fn a_new_querier_is_answered_and_kept_questionable_not_pinged() {
+    let now = Instant::now();
+    let mut c = Core::new(RoutingTable::new(Id([1; 20]), now), false, [5; 32], now);
+    let ping = Message::query(*b"abcd", Query::Ping { id: Id([2; 20]) }).emit();
+    c.handle_datagram(SocketAddr::V4(addr(9)), &ping, now);
+    let (to, bytes) = c.poll_transmit().expect("the answer");
+    assert_eq!(to, SocketAddr::V4(addr(9)));
+    assert!(matches!(
+        krpc::parse(&bytes).map(|m| m.kind),
+        Ok(Kind::Response(_))
+    ));
+    assert!(c.poll_transmit().is_none(), "one datagram back, no ping");
+    let entry = c.table().get(&Id([2; 20])).expect("kept");
+    assert_eq!(entry.status(now), crate::routing::Status::Questionable);
+}
+
+#[test]
+fn bootstrap_skips_refreshing_a_bucket_that_has_enough_good_nodes() {
+    let now = Instant::now();
+    let own = Id([0; 20]);
+    let mut table = RoutingTable::new(own, now);
+    // A near node, then K good nodes in the far half: the table splits and bucket 0 is full.
+    let mut ids = vec![Id([0x01; 20])];
+    ids.extend((0..K as u8).map(|i| Id([0x80 | i; 20])));
+    for (i, id) in ids.iter().enumerate() {
+        let node = NodeInfo {
+            id: *id,
+            addr: addr(i as u16),
+        };
+        table.heard_from(node, crate::routing::Contact::Response, now);
+    }
+    assert_eq!(table.good_in_bucket(&Id([0xff; 20]), now), Some(K));
+    let mut c = Core::new(table, false, [5; 32], now);
+    let op = c.start(Request::Bootstrap(vec![]), now);
+    let mut far_targets = 0;
+    let mut done = false;
+    for _ in 0..1000 {
+        while let Some((o, _)) = c.poll_event() {
+            done |= o == op;
+        }
+        let Some((to, bytes)) = c.poll_transmit() else {
+            break;
+        };
+        let m = krpc::parse(&bytes).expect("our query parses");
+        let Kind::Query(Query::FindNode { target, .. }) = m.kind else {
+            continue;
+        };
+        if target.0[0] & 0x80 != 0 {
+            far_targets += 1;
+        }
+        let i = (0..ids.len()).find(|&i| SocketAddr::V4(addr(i as u16)) == to);
+        let mut r = krpc::Response::new(ids[i.expect("a table node")]);
+        r.nodes = Some(Vec::new());
+        c.handle_datagram(to, &Message::response(m.transaction_id, r).emit(), now);
+    }
+    while let Some((o, _)) = c.poll_event() {
+        done |= o == op;
+    }
+    assert!(done, "the bootstrap finished");
+    assert_eq!(far_targets, 0, "bucket 0 was not refreshed");
+    assert!(c.stats().queries_out.get("find_node").copied().unwrap_or(0) > 0);
+}
