@@ -111,6 +111,43 @@ async fn two_nodes_exchange_lines_both_ways() {
     b.shutdown().await;
 }
 
+/// Lines that arrive before anyone asked for events are announced by the first
+/// `next_event` (they used to wait, unannounced, for the connection's next line:
+/// a peer waiting for an answer never got one).
+#[tokio::test]
+async fn lines_that_arrived_before_the_first_event_call_are_events() {
+    let a = net(1, cfg()).await;
+    let b = net(2, cfg()).await;
+    let ab = a.connect(b.local_addr(), b.node_id()).await.unwrap();
+    ab.send("early 1").await.unwrap();
+    ab.send("early 2").await.unwrap();
+    // Wait, without touching b's events, until b holds both lines.
+    let deadline = std::time::Instant::now() + T;
+    while b
+        .connections()
+        .iter()
+        .map(|c| c.stats().lines_in)
+        .sum::<u64>()
+        < 2
+    {
+        assert!(std::time::Instant::now() < deadline, "lines never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut lines = Vec::new();
+    while lines.len() < 2 {
+        match timeout(T, b.next_event()).await.expect("announced") {
+            Some(NetEvent::Line(c, l)) => {
+                assert_eq!(c.node_id(), a.node_id());
+                lines.push(l);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(lines, ["early 1", "early 2"]);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[tokio::test]
 async fn many_nodes_and_broadcast() {
     let hub = net(100, cfg()).await;

@@ -71,8 +71,9 @@ impl Hub {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn enable(&self) {
-        self.enabled.store(true, Ordering::Release);
+    /// Switches the event queue on; true the first time.
+    pub(crate) fn enable(&self) -> bool {
+        !self.enabled.swap(true, Ordering::AcqRel)
     }
 
     pub(crate) fn dropped(&self) -> u64 {
@@ -142,7 +143,6 @@ impl Hub {
 
     /// The next event, or `None` once the Net is shut down and nothing is left.
     pub(crate) async fn next(&self) -> Option<NetEvent> {
-        self.enable();
         loop {
             let n = self.notify.notified();
             tokio::pin!(n);

@@ -274,19 +274,35 @@ impl Net {
     }
 
     /// The next event. Events are queued from the first call of this method or
-    /// of [`events`](Net::events) on; connections made before that are in
-    /// [`connections`](Net::connections). Returns `None` after shutdown.
+    /// of [`events`](Net::events) on: connections made before that are in
+    /// [`connections`](Net::connections) (no `Connected` event), and lines they
+    /// received before it come as `Line` events like any other. Returns `None`
+    /// after shutdown.
     pub async fn next_event(&self) -> Option<NetEvent> {
+        self.enable_events();
         self.inner.hub.next().await
     }
 
     /// The events as a stream (see [`next_event`](Net::next_event)).
     pub fn events(&self) -> impl futures::Stream<Item = NetEvent> + Send + 'static {
-        self.inner.hub.enable();
+        self.enable_events();
         futures::stream::unfold(self.clone(), |net| async move {
             let ev = net.next_event().await?;
             Some((ev, net))
         })
+    }
+
+    /// Switches the event queue on. The first time, lines that arrived before
+    /// are announced: their connections had no marker in the queue, and would
+    /// have been silent until their next line (a line arriving meanwhile is
+    /// announced once, by whichever side sets the connection's marker first).
+    fn enable_events(&self) {
+        if self.inner.hub.enable() {
+            let conns: Vec<Connection> = self.inner.registry().all.clone();
+            for c in conns.iter().filter(|c| c.has_lines()) {
+                self.inner.hub.lines_ready(c);
+            }
+        }
     }
 
     /// A counter that moves whenever something happens (event-loop API).
