@@ -417,11 +417,11 @@ impl RoutingTable {
 
     /// Up to `n` non-bad nodes closest to `target`, closest first.
     pub fn closest(&self, target: &Id, n: usize, now: Instant) -> Vec<NodeInfo> {
-        self.closest_where(target, n, |e| e.status(now) != Status::Bad)
-    }
-
-    fn closest_where(&self, target: &Id, n: usize, keep: impl Fn(&Entry) -> bool) -> Vec<NodeInfo> {
-        let mut all: Vec<NodeInfo> = self.entries().filter(|e| keep(e)).map(|e| e.node).collect();
+        let mut all: Vec<NodeInfo> = self
+            .entries()
+            .filter(|e| e.status(now) != Status::Bad)
+            .map(|e| e.node)
+            .collect();
         all.sort_by_key(|node| target.distance(&node.id));
         all.truncate(n);
         all
@@ -432,9 +432,14 @@ impl RoutingTable {
     /// spoofed address; handing that address out would have others send to it on a stranger's
     /// word.
     pub fn closest_verified(&self, target: &Id, n: usize, now: Instant) -> Vec<NodeInfo> {
-        self.closest_where(target, n, |e| {
-            e.last_response.is_some() && e.status(now) != Status::Bad
-        })
+        let mut all: Vec<NodeInfo> = self
+            .entries()
+            .filter(|e| e.last_response.is_some() && e.status(now) != Status::Bad)
+            .map(|e| e.node)
+            .collect();
+        all.sort_by_key(|node| target.distance(&node.id));
+        all.truncate(n);
+        all
     }
 
     /// Nodes that are questionable at `now`, least recently seen first (to ping).
