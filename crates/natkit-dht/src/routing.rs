@@ -427,21 +427,6 @@ impl RoutingTable {
         all
     }
 
-    /// Like [`RoutingTable::closest`], but only nodes that have answered one of our queries:
-    /// what we tell other nodes. A node known only from its queries may have sent them from a
-    /// spoofed address; handing that address out would have others send to it on a stranger's
-    /// word.
-    pub fn closest_verified(&self, target: &Id, n: usize, now: Instant) -> Vec<NodeInfo> {
-        let mut all: Vec<NodeInfo> = self
-            .entries()
-            .filter(|e| e.last_response.is_some() && e.status(now) != Status::Bad)
-            .map(|e| e.node)
-            .collect();
-        all.sort_by_key(|node| target.distance(&node.id));
-        all.truncate(n);
-        all
-    }
-
     /// Nodes that are questionable at `now`, least recently seen first (to ping).
     pub fn questionable(&self, now: Instant) -> Vec<NodeInfo> {
         let mut q: Vec<&Entry> = self

@@ -275,18 +275,3 @@ fn good_in_bucket_counts_good_nodes_outside_the_own_bucket() {
     assert_eq!(t.good_in_bucket(&far, now), Some(K - 1));
     assert_eq!(t.good_in_bucket(&far, now + GOOD_WINDOW), Some(0));
 }
-
-#[test]
-fn closest_verified_leaves_out_nodes_that_never_answered() {
-    let now = Instant::now();
-    let mut t = RoutingTable::new(Id([0; 20]), now);
-    let answered = node(id_with_prefix(0x40, 1), 1);
-    let queried = node(id_with_prefix(0x40, 2), 2);
-    t.heard_from(answered, Contact::Response, now);
-    t.heard_from(queried, Contact::Query, now);
-    let target = id_with_prefix(0x40, 2);
-    assert_eq!(t.closest(&target, K, now), vec![queried, answered]);
-    assert_eq!(t.closest_verified(&target, K, now), vec![answered]);
-    t.heard_from(queried, Contact::Response, now);
-    assert_eq!(t.closest_verified(&target, K, now), vec![queried, answered]);
-}

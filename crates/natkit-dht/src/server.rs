@@ -218,13 +218,13 @@ impl Server {
             Query::Ping { .. } => Ok(Response::new(self.id)),
             Query::FindNode { target, .. } => {
                 let mut r = Response::new(self.id);
-                r.nodes = Some(table.closest_verified(target, K, now));
+                r.nodes = Some(table.closest(target, K, now));
                 Ok(r)
             }
             Query::GetPeers { info_hash, .. } => {
                 let mut r = Response::new(self.id);
                 r.token = Some(self.tokens.token(from.ip(), now).to_vec());
-                r.nodes = Some(table.closest_verified(info_hash, K, now));
+                r.nodes = Some(table.closest(info_hash, K, now));
                 let peers = self.storage.peers(info_hash, now);
                 if !peers.is_empty() {
                     r.values = Some(peers);
@@ -296,7 +296,7 @@ impl Server {
     ) -> Response {
         let mut r = Response::new(self.id);
         r.token = Some(self.tokens.token(from.ip(), now).to_vec());
-        r.nodes = Some(table.closest_verified(target, K, now));
+        r.nodes = Some(table.closest(target, K, now));
         match self.storage.get(target, now) {
             Some(Item::Immutable(v)) => r.v = Some(v.clone()),
             Some(Item::Mutable(item)) => {

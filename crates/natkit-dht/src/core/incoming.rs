@@ -126,19 +126,14 @@ impl Core {
         }
     }
 
-    /// A querier joins the table as questionable (BEP 5: good once it answered us), and is
-    /// handed to other nodes only after it answered (`closest_verified`). Only queriers near
-    /// our own id (in the bucket that splits) are pinged at once: they make lookups for our
-    /// neighbourhood exact. Pinging every new querier cost a tenth of the datagrams sent
-    /// while a 1,000-node network formed; the others are verified when a lookup asks them,
-    /// and a full bucket pings its questionable nodes before replacing them.
+    /// A querier joins the table as questionable (BEP 5: good once it answered us). It is not
+    /// pinged to verify it: that cost a ping per new querier (a tenth of the datagrams sent
+    /// while a network forms) and would send a second datagram to whatever address a spoofed
+    /// query names. Lookups verify it when they ask it; a full bucket pings its questionable
+    /// nodes before replacing them.
     fn table_heard_query(&mut self, node: NodeInfo, now: Instant) {
-        match self.table.heard_from(node, Contact::Query, now) {
-            Insert::Added if self.table.good_in_bucket(&node.id, now).is_none() => {
-                self.ping(node, now)
-            }
-            Insert::PingFirst(q) => self.ping(q, now),
-            _ => {}
+        if let Insert::PingFirst(q) = self.table.heard_from(node, Contact::Query, now) {
+            self.ping(q, now);
         }
     }
 
