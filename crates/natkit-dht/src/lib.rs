@@ -36,6 +36,16 @@
 //!   by keepalives, and signed messages forwarded to them ([`dht::Dht::register`],
 //!   [`dht::Dht::send_message`], [`dht::Dht::relay_message`], [`dht::Dht::messages`]).
 //!
+//! # Who is named to whom
+//! Answers name only good nodes (BEP 5): ones that answered one of our queries, or proved
+//! their address, within 15 minutes. A node known only from its own queries is never named,
+//! asked or pinged, so a spoofed query gets one answer and nothing else. natkit nodes prove
+//! their address without an extra round trip: every answer to a natkit querier carries an
+//! address token in the top-level key `nkt`, and the querier echoes it in its next query to
+//! that node ([`server::Tokens::address_token`], [`routing`]). Other implementations ignore
+//! the key; they are verified the BEP 5 way, when one of our lookups reaches them through
+//! another node's answer.
+//!
 //! # Not yet
 //! IPv4 only (no BEP 32 `nodes6` lookups). natkit takes a BEP 42 secure id once
 //! [`core::SECURE_ID_VOTES`] nodes agree on its public IP, but does not yet refuse stores from

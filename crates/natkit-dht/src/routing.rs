@@ -11,6 +11,18 @@
 //! the caller pings it and reports the result with [`RoutingTable::heard_from`] or
 //! [`RoutingTable::failed`]. The new node waits as the bucket's replacement and takes the
 //! questionable node's place once that one turns bad.
+//!
+//! # Who is told about whom
+//!
+//! A node that has only sent us queries is *unverified*: its source address may be spoofed, or
+//! it may be a short-lived process that is gone. It is kept (so it can be verified later and
+//! so it counts as known), but it is never handed to other nodes
+//! ([`RoutingTable::closest_good`] names good nodes only, as BEP 5 asks), never asked by our
+//! own lookups ([`RoutingTable::closest`] leaves it out), and never pinged: nothing is sent
+//! toward it beyond the answers to its queries. It becomes verified by answering one of our
+//! queries, or by echoing the address token of one of our answers in a later query
+//! ([`Contact::Proof`]). Any node that proved reachable takes an unverified node's place in a
+//! full bucket without a ping.
 
 use std::net::SocketAddrV4;
 use std::path::Path;
@@ -68,6 +80,14 @@ pub struct Entry {
     pub last_seen: Instant,
     /// Consecutive failed queries.
     pub failures: u32,
+    /// Known only from its own queries: it never answered us, and no saved table or third
+    /// party named it. See the module docs.
+    pub unverified: bool,
+    /// The address token its last answer carried (`nkt`), with when it came: echoed in our
+    /// next query to it, so that it can verify us.
+    pub their_token: Option<(Vec<u8>, Instant)>,
+    /// When we last echoed `their_token` to it.
+    pub echoed: Option<Instant>,
 }
 
 impl Entry {
@@ -78,7 +98,25 @@ impl Entry {
             last_query: None,
             last_seen: now,
             failures: 0,
+            unverified: false,
+            their_token: None,
+            echoed: None,
         }
+    }
+
+    /// Whether our own queries may go to it: it answered us once, or a saved table or a third
+    /// party named it, and it is not bad.
+    pub fn askable(&self, now: Instant) -> bool {
+        !self.unverified && self.status(now) != Status::Bad
+    }
+
+    /// Whether its address token should ride on our next query to it: we have one from the
+    /// last 5 minutes (tokens live 5–10) and have not echoed it since.
+    pub fn token_to_echo(&self, now: Instant) -> Option<&[u8]> {
+        let (token, at) = self.their_token.as_ref()?;
+        let fresh = now.duration_since(*at) < crate::server::TOKEN_ROTATION;
+        let echoed = self.echoed.is_some_and(|e| e >= *at);
+        (fresh && !echoed).then_some(token.as_slice())
     }
 
     /// The node's BEP 5 status at `now`.
@@ -119,8 +157,11 @@ impl Bucket {
 pub enum Contact {
     /// It answered one of our queries: proof that it is reachable.
     Response,
-    /// It sent us a query (not read-only): added as questionable until it answers us.
+    /// It sent us a query (not read-only): added as unverified until it answers us.
     Query,
+    /// It sent us a query that echoed the address token of one of our answers: as good as an
+    /// answer (it receives what we send to its address, and it is alive).
+    Proof,
     /// Learnt from a third party (a `nodes` list or a saved table): added as questionable.
     Hearsay,
 }
@@ -278,6 +319,10 @@ impl RoutingTable {
 
     /// Records that `node` was heard from at `now` and adds it if there is room (BEP 5 rules).
     /// Our own id is never added; callers must not pass read-only (BEP 43) senders.
+    ///
+    /// Only a node that proved reachable ([`Contact::Response`], [`Contact::Proof`]) may push
+    /// another out of a full bucket: an unverified node at once, a questionable one after a
+    /// ping ([`Insert::PingFirst`]). A mere query never causes a ping.
     pub fn heard_from(&mut self, node: NodeInfo, contact: Contact, now: Instant) -> Insert {
         let Some(mut b) = self.bucket_of(&node.id) else {
             return Insert::Dropped;
@@ -289,23 +334,27 @@ impl RoutingTable {
         {
             return Insert::Dropped;
         }
+        let proven = matches!(contact, Contact::Response | Contact::Proof);
         loop {
             let count = self.buckets.len();
             let bucket = &mut self.buckets[b];
             if let Some(e) = bucket.entries.iter_mut().find(|e| e.node.id == node.id) {
                 if e.node.addr != node.addr {
-                    // Same id from a new address: only a response (proof of reachability)
-                    // may move it, and only once the old address stopped answering.
-                    if contact != Contact::Response || e.status(now) == Status::Good {
+                    // Same id from a new address: only proof of reachability may move it,
+                    // and only once the old address stopped answering.
+                    if !proven || e.status(now) == Status::Good {
                         return Insert::Dropped;
                     }
                     e.node.addr = node.addr;
+                    e.their_token = None;
+                    e.echoed = None;
                 }
                 match contact {
-                    Contact::Response => {
+                    Contact::Response | Contact::Proof => {
                         e.last_response = Some(now);
                         e.failures = 0;
                         e.last_seen = now;
+                        e.unverified = false;
                     }
                     Contact::Query => {
                         e.last_query = Some(now);
@@ -318,8 +367,11 @@ impl RoutingTable {
             }
             let mut entry = Entry::new(node, now);
             match contact {
-                Contact::Response => entry.last_response = Some(now),
-                Contact::Query => entry.last_query = Some(now),
+                Contact::Response | Contact::Proof => entry.last_response = Some(now),
+                Contact::Query => {
+                    entry.last_query = Some(now);
+                    entry.unverified = true;
+                }
                 Contact::Hearsay => {}
             }
             if bucket.entries.len() < K {
@@ -332,17 +384,27 @@ impl RoutingTable {
                 b = self.bucket_of(&node.id).unwrap_or(b);
                 continue;
             }
-            if let Some(i) = bucket
+            let bad = bucket
                 .entries
                 .iter()
-                .position(|e| e.status(now) == Status::Bad)
-            {
+                .position(|e| e.status(now) == Status::Bad);
+            // A node that proved reachable takes the place of one that never did.
+            let unverified = || {
+                bucket
+                    .entries
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| e.unverified)
+                    .min_by_key(|(_, e)| e.last_seen)
+                    .map(|(i, _)| i)
+            };
+            let evict = bad.or_else(|| if proven { unverified() } else { None });
+            if let Some(i) = evict {
                 let old = std::mem::replace(&mut bucket.entries[i], entry);
                 bucket.last_changed = now;
                 return Insert::Replaced(old.node);
             }
-            // Only a node that proved reachable may push out a questionable one.
-            if contact == Contact::Hearsay {
+            if !proven {
                 return Insert::Dropped;
             }
             let questionable = bucket
@@ -415,23 +477,42 @@ impl RoutingTable {
         Some(good.count())
     }
 
-    /// Up to `n` non-bad nodes closest to `target`, closest first.
+    /// Up to `n` nodes closest to `target` that our own queries may go to ([`Entry::askable`]:
+    /// not bad, and not known only from their own queries), closest first.
     pub fn closest(&self, target: &Id, n: usize, now: Instant) -> Vec<NodeInfo> {
-        let mut all: Vec<NodeInfo> = self
-            .entries()
-            .filter(|e| e.status(now) != Status::Bad)
-            .map(|e| e.node)
-            .collect();
+        self.closest_where(target, n, |e| e.askable(now))
+    }
+
+    /// Up to `n` good nodes closest to `target` (they answered us, or proved their address,
+    /// within [`GOOD_WINDOW`]), closest first: what we tell other nodes (BEP 5: "the K closest
+    /// good nodes"). A node known only from its queries may have sent them from a spoofed
+    /// address or be gone; handing it out would have others send to it on a stranger's word.
+    pub fn closest_good(&self, target: &Id, n: usize, now: Instant) -> Vec<NodeInfo> {
+        self.closest_where(target, n, |e| e.status(now) == Status::Good)
+    }
+
+    fn closest_where(&self, target: &Id, n: usize, keep: impl Fn(&Entry) -> bool) -> Vec<NodeInfo> {
+        let mut all: Vec<NodeInfo> = self.entries().filter(|e| keep(e)).map(|e| e.node).collect();
         all.sort_by_key(|node| target.distance(&node.id));
         all.truncate(n);
         all
+    }
+
+    /// The entry for `id`, to record what we sent it.
+    pub fn get_mut(&mut self, id: &Id) -> Option<&mut Entry> {
+        let b = self.bucket_of(id)?;
+        self.buckets
+            .get_mut(b)?
+            .entries
+            .iter_mut()
+            .find(|e| e.node.id == *id)
     }
 
     /// Nodes that are questionable at `now`, least recently seen first (to ping).
     pub fn questionable(&self, now: Instant) -> Vec<NodeInfo> {
         let mut q: Vec<&Entry> = self
             .entries()
-            .filter(|e| e.status(now) == Status::Questionable)
+            .filter(|e| !e.unverified && e.status(now) == Status::Questionable)
             .collect();
         q.sort_by_key(|e| e.last_seen);
         q.into_iter().map(|e| e.node).collect()
@@ -471,11 +552,15 @@ impl RoutingTable {
         }
     }
 
-    /// The table's saved form.
+    /// The table's saved form: the nodes that ever answered us (unverified ones are left out).
     pub fn to_saved(&self) -> SavedTable {
         SavedTable {
             id: self.own,
-            nodes: self.entries().map(|e| e.node).collect(),
+            nodes: self
+                .entries()
+                .filter(|e| !e.unverified)
+                .map(|e| e.node)
+                .collect(),
         }
     }
 

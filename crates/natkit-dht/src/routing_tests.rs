@@ -275,3 +275,65 @@ fn good_in_bucket_counts_good_nodes_outside_the_own_bucket() {
     assert_eq!(t.good_in_bucket(&far, now), Some(K - 1));
     assert_eq!(t.good_in_bucket(&far, now + GOOD_WINDOW), Some(0));
 }
+
+#[test]
+fn unverified_queriers_are_neither_asked_nor_named_until_they_prove_their_address() {
+    let now = Instant::now();
+    let mut t = RoutingTable::new(Id([0; 20]), now);
+    let answered = node(id_with_prefix(0x40, 1), 1);
+    let queried = node(id_with_prefix(0x40, 2), 2);
+    let heard = node(id_with_prefix(0x40, 3), 3);
+    t.heard_from(answered, Contact::Response, now);
+    t.heard_from(queried, Contact::Query, now);
+    t.heard_from(heard, Contact::Hearsay, now);
+    assert!(t.get(&queried.id).is_some_and(|e| e.unverified));
+    let target = id_with_prefix(0x40, 2);
+    // Our own lookups may ask what a third party or a saved table named, not a mere querier.
+    assert_eq!(t.closest(&target, K, now), vec![heard, answered]);
+    // Others are told only about good nodes.
+    assert_eq!(t.closest_good(&target, K, now), vec![answered]);
+    assert!(t.questionable(now).iter().all(|n| *n != queried));
+    // Not saved either: a restart must not make it askable.
+    assert!(!t.to_saved().nodes.contains(&queried));
+    // Echoing our address token proves it.
+    t.heard_from(queried, Contact::Proof, now);
+    assert_eq!(t.closest_good(&target, K, now), vec![queried, answered]);
+    assert_eq!(t.closest(&target, K, now), vec![queried, heard, answered]);
+}
+
+#[test]
+fn a_query_never_asks_for_a_ping_and_proof_evicts_unverified_nodes_at_once() {
+    let now = Instant::now();
+    let own = Id([0; 20]);
+    let mut t = RoutingTable::new(own, now);
+    // Split once with a near node, then fill the far bucket with unverified queriers.
+    t.heard_from(node(id_with_prefix(0x01, 0), 1), Contact::Response, now);
+    for i in 0..K as u8 {
+        let n = node(id_with_prefix(0x80, i), 10 + u16::from(i));
+        assert_eq!(t.heard_from(n, Contact::Query, now), Insert::Added);
+    }
+    // Another querier: the bucket is full; nothing to ping, nothing replaced.
+    let late = node(id_with_prefix(0x80, 50), 50);
+    assert_eq!(t.heard_from(late, Contact::Query, now), Insert::Dropped);
+    // A node that answered takes the oldest unverified node's place without a ping.
+    let real = node(id_with_prefix(0x80, 60), 60);
+    assert!(matches!(
+        t.heard_from(real, Contact::Response, now),
+        Insert::Replaced(_)
+    ));
+    // Once the bucket holds only verified-but-stale nodes, a newcomer asks for a ping.
+    let later = now + GOOD_WINDOW;
+    for i in 0..K as u8 {
+        let n = node(id_with_prefix(0x80, 100 + i), 100 + u16::from(i));
+        t.heard_from(n, Contact::Response, now);
+    }
+    let newcomer = node(id_with_prefix(0x80, 200), 200);
+    assert_eq!(
+        t.heard_from(newcomer, Contact::Query, later),
+        Insert::Dropped
+    );
+    assert!(matches!(
+        t.heard_from(newcomer, Contact::Response, later),
+        Insert::PingFirst(_)
+    ));
+}

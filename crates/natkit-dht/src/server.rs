@@ -76,6 +76,40 @@ impl Tokens {
         out
     }
 
+    /// The address token for `addr` at `now`: like a write token, but bound to the port too
+    /// and kept apart from write tokens by a domain byte. natkit hands it to natkit queriers in
+    /// the `nkt` key of its answers; a later query that echoes it proves that its sender
+    /// receives what is sent to `addr`, which is what an answer to a ping proves (BEP 5's
+    /// "good node"), without sending anything more toward `addr` than the answers to its own
+    /// queries.
+    pub fn address_token(&mut self, addr: SocketAddr, now: Instant) -> [u8; TOKEN_BYTES] {
+        self.rotate(now);
+        self.make_for_address(self.generation, addr)
+    }
+
+    /// Whether `token` was handed to `addr` within the current or previous rotation.
+    pub fn check_address(&mut self, token: &[u8], addr: SocketAddr, now: Instant) -> bool {
+        self.rotate(now);
+        token == self.make_for_address(self.generation, addr)
+            || (self.generation > 0 && token == self.make_for_address(self.generation - 1, addr))
+    }
+
+    fn make_for_address(&self, generation: u64, addr: SocketAddr) -> [u8; TOKEN_BYTES] {
+        let mut h = Sha1::new();
+        h.update(b"natkit address token");
+        h.update(self.seed);
+        h.update(generation.to_be_bytes());
+        match addr.ip().to_canonical() {
+            IpAddr::V4(v4) => h.update(v4.octets()),
+            IpAddr::V6(v6) => h.update(v6.octets()),
+        }
+        h.update(addr.port().to_be_bytes());
+        let digest: [u8; 20] = h.finalize().into();
+        let mut out = [0u8; TOKEN_BYTES];
+        out.copy_from_slice(&digest[..TOKEN_BYTES]);
+        out
+    }
+
     /// The token for `ip` at `now`.
     pub fn token(&mut self, ip: IpAddr, now: Instant) -> [u8; TOKEN_BYTES] {
         self.rotate(now);
@@ -218,13 +252,13 @@ impl Server {
             Query::Ping { .. } => Ok(Response::new(self.id)),
             Query::FindNode { target, .. } => {
                 let mut r = Response::new(self.id);
-                r.nodes = Some(table.closest(target, K, now));
+                r.nodes = Some(table.closest_good(target, K, now));
                 Ok(r)
             }
             Query::GetPeers { info_hash, .. } => {
                 let mut r = Response::new(self.id);
                 r.token = Some(self.tokens.token(from.ip(), now).to_vec());
-                r.nodes = Some(table.closest(info_hash, K, now));
+                r.nodes = Some(table.closest_good(info_hash, K, now));
                 let peers = self.storage.peers(info_hash, now);
                 if !peers.is_empty() {
                     r.values = Some(peers);
@@ -296,7 +330,7 @@ impl Server {
     ) -> Response {
         let mut r = Response::new(self.id);
         r.token = Some(self.tokens.token(from.ip(), now).to_vec());
-        r.nodes = Some(table.closest(target, K, now));
+        r.nodes = Some(table.closest_good(target, K, now));
         match self.storage.get(target, now) {
             Some(Item::Immutable(v)) => r.v = Some(v.clone()),
             Some(Item::Mutable(item)) => {

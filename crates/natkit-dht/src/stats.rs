@@ -66,6 +66,10 @@ pub struct Stats {
     pub messages_forwarded: u64,
     /// Times our node id changed to a BEP 42 secure id for our observed IP.
     pub id_changes: u64,
+    /// Queries that echoed our address token (their sender counts as verified).
+    pub address_proofs_in: u64,
+    /// Pings sent at the end of a bootstrap only to echo a neighbour's address token.
+    pub proof_pings: u64,
 }
 
 fn method_name(m: &[u8]) -> String {

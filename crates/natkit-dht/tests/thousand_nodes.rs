@@ -33,9 +33,11 @@ async fn a_1000_node_network_finds_the_true_closest_nodes_and_items() {
         let ids: Vec<Id> = net.nodes.iter().map(Dht::id).collect();
 
         // Every node joined: it knows a few others and others know it.
-        let mut known = 0;
+        let (mut known, mut proof_pings, mut proofs) = (0, 0, 0);
         for (i, n) in net.nodes.iter().enumerate() {
             let s = n.stats().await.expect("stats");
+            proof_pings += s.proof_pings;
+            proofs += s.address_proofs_in;
             assert!(
                 s.routing_table_size >= K,
                 "node {i} knows {} nodes",
@@ -43,7 +45,11 @@ async fn a_1000_node_network_finds_the_true_closest_nodes_and_items() {
             );
             known += s.routing_table_size;
         }
-        eprintln!("mean routing table size {}", known / NODES);
+        eprintln!(
+            "mean routing table size {}; {proofs} address proofs, {proof_pings} of them by a \
+             ping at the end of a bootstrap",
+            known / NODES
+        );
 
         // find_node from nodes spread over the network: the K closest that answered are the
         // K closest that exist.

@@ -8,7 +8,7 @@ use super::{Core, Op, Phase, Purpose, Tx};
 use crate::id::NodeInfo;
 use crate::krpc::{self, ErrorMessage, Kind, KrpcError, Message, Query, Response};
 use crate::rendezvous;
-use crate::routing::{Contact, Insert};
+use crate::routing::{Contact, Insert, Status};
 
 impl Core {
     /// Handles one datagram from `from`.
@@ -113,26 +113,52 @@ impl Core {
                 return;
             }
             if let (false, Some(id), SocketAddr::V4(addr)) = (msg.read_only, q.sender_id(), from) {
-                self.table_heard_query(NodeInfo { id, addr }, now);
+                self.table_heard_query(NodeInfo { id, addr }, false, now);
             }
             return;
         }
-        let answer = self
+        let mut answer = self
             .server
             .handle_query(from, &msg.transaction_id, q, &self.table, now);
+        // A natkit querier that is not yet good here gets an address token to echo (others
+        // would ignore it; a good one has nothing to prove).
+        let querier = match (msg.read_only, q.sender_id(), from) {
+            (false, Some(id), SocketAddr::V4(addr)) => Some(NodeInfo { id, addr }),
+            _ => None,
+        };
+        let good = querier.is_some_and(|n| {
+            self.table
+                .get(&n.id)
+                .is_some_and(|e| e.node.addr == n.addr && e.status(now) == Status::Good)
+        });
+        let natkit = msg.version.as_deref().is_some_and(|v| v.starts_with(b"NK"));
+        if natkit && querier.is_some() && !good {
+            answer.address_token = Some(self.server.tokens_mut().address_token(from, now).to_vec());
+        }
         self.reply(from, &answer);
-        if let (false, Some(id), SocketAddr::V4(addr)) = (msg.read_only, q.sender_id(), from) {
-            self.table_heard_query(NodeInfo { id, addr }, now);
+        if let Some(node) = querier {
+            let proof = !good
+                && msg
+                    .address_token
+                    .as_deref()
+                    .is_some_and(|t| self.server.tokens_mut().check_address(t, from, now));
+            self.table_heard_query(node, proof, now);
         }
     }
 
-    /// A querier joins the table as questionable (BEP 5: good once it answered us). It is not
-    /// pinged to verify it: that cost a ping per new querier (a tenth of the datagrams sent
-    /// while a network forms) and would send a second datagram to whatever address a spoofed
-    /// query names. Lookups verify it when they ask it; a full bucket pings its questionable
-    /// nodes before replacing them.
-    fn table_heard_query(&mut self, node: NodeInfo, now: Instant) {
-        if let Insert::PingFirst(q) = self.table.heard_from(node, Contact::Query, now) {
+    /// A querier joins the table unverified, unless its query echoed our address token
+    /// (`proof`): then it counts as having answered us. An unverified node is never pinged,
+    /// asked or named to others (see [`crate::routing`]), so a query makes us send nothing
+    /// toward its source but the one answer: a spoofed query cannot aim more traffic at a
+    /// third party than it sends itself.
+    fn table_heard_query(&mut self, node: NodeInfo, proof: bool, now: Instant) {
+        let contact = if proof {
+            self.stats.address_proofs_in += 1;
+            Contact::Proof
+        } else {
+            Contact::Query
+        };
+        if let Insert::PingFirst(q) = self.table.heard_from(node, contact, now) {
             self.ping(q, now);
         }
     }
@@ -152,10 +178,16 @@ impl Core {
         };
         // Message recipients may be behind NAT, reachable only through their rendezvous node.
         let routable = !matches!(tx.purpose, Purpose::Forward { .. } | Purpose::Message(_));
-        if routable
-            && let Insert::PingFirst(q) = self.table.heard_from(node, Contact::Response, now)
-        {
-            self.ping(q, now);
+        if routable {
+            if let Insert::PingFirst(q) = self.table.heard_from(node, Contact::Response, now) {
+                self.ping(q, now);
+            }
+            if let Some(token) = &msg.address_token
+                && let Some(e) = self.table.get_mut(&node.id)
+                && e.node.addr == node.addr
+            {
+                e.their_token = Some((token.clone(), now));
+            }
         }
         match tx.purpose {
             Purpose::Lookup(op) => {

@@ -49,6 +49,14 @@ pub const MIN_BOOTSTRAP_REFRESH_DEPTH: usize = 4;
 /// short and as exact; 4 saved more but made later lookups a third dearer.
 pub const REFRESH_ENOUGH_GOOD: usize = 6;
 
+/// How many of the closest nodes a bootstrap found get a ping echoing their address token, if
+/// no other query of the bootstrap echoed it already (see [`crate::routing`]: nodes name only
+/// nodes that answered them or proved their address). Measured on 1,000 nodes
+/// (`tests/thousand_nodes.rs`, 4-5 runs each): with none, half the runs had a lookup miss one
+/// of the true 8 closest; with 1, 2, 3, 4 or all 8, every lookup was exact, at 0.9, 1.9, 2.8,
+/// 3.7 and 7.6 pings per node. 2 keeps a node findable if one neighbour goes away.
+pub const BOOTSTRAP_PROOF_PINGS: usize = 2;
+
 /// Distinct nodes that must agree on our public IP before we take a BEP 42 secure id for it.
 pub const SECURE_ID_VOTES: usize = 4;
 
@@ -327,6 +335,15 @@ impl Core {
         let mut m = Message::query(tid.clone(), query);
         m.read_only = self.read_only;
         m.version = Some(CLIENT_VERSION.to_vec());
+        // Echo the node's address token (a read-only node is never added, so it has no use).
+        if !self.read_only
+            && let Some(e) = node_id.and_then(|id| self.table.get_mut(&id))
+            && e.node.addr == to
+            && let Some(token) = e.token_to_echo(now)
+        {
+            m.address_token = Some(token.to_vec());
+            e.echoed = Some(now);
+        }
         self.outbox.push_back((SocketAddr::V4(to), m.emit()));
         self.txs.insert(
             tid,
@@ -483,7 +500,7 @@ impl Core {
         self.drive(op, now);
     }
 
-    fn child_done(&mut self, parent: OpId) {
+    fn child_done(&mut self, parent: OpId, now: Instant) {
         let Some(Op {
             phase: Phase::Waiting { nodes, children },
             ..
@@ -495,7 +512,28 @@ impl Core {
         if *children == 0 {
             let nodes = std::mem::take(nodes);
             self.ops.remove(&parent);
+            self.prove_address_to(&nodes, now);
             self.events.push_back((parent, Outcome::Nodes(nodes)));
+        }
+    }
+
+    /// At the end of a bootstrap: nodes name only nodes they have verified, so the
+    /// [`BOOTSTRAP_PROOF_PINGS`] closest nodes found that have not yet seen their address token
+    /// come back from us get a ping carrying it. Without it, a node that asked its neighbours
+    /// only once would stay unknown to everyone else.
+    fn prove_address_to(&mut self, nodes: &[NodeInfo], now: Instant) {
+        if self.read_only {
+            return;
+        }
+        for n in nodes.iter().take(BOOTSTRAP_PROOF_PINGS) {
+            let due = self
+                .table
+                .get(&n.id)
+                .is_some_and(|e| e.node.addr == n.addr && e.token_to_echo(now).is_some());
+            if due {
+                self.stats.proof_pings += 1;
+                self.ping(*n, now);
+            }
         }
     }
 
@@ -598,7 +636,7 @@ impl Core {
             (Then::Child(parent), _) => {
                 let parent = *parent;
                 self.ops.remove(&op_id);
-                return self.child_done(parent);
+                return self.child_done(parent, now);
             }
             (Then::Bootstrap, _) => {
                 let nodes = lookup.closest_answered();
@@ -618,7 +656,7 @@ impl Core {
                     let target = id_sharing_prefix(&self.id, len, random);
                     let req = Request::FindNode(target);
                     if !self.start_internal(req, Then::Child(op_id), now) {
-                        self.child_done(op_id);
+                        self.child_done(op_id, now);
                     }
                 }
                 return;

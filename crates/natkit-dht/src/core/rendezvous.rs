@@ -297,7 +297,7 @@ impl Core {
                 let mine = t.distance(&self.id);
                 let closer = self
                     .table
-                    .closest(&t, 1, now)
+                    .closest_good(&t, 1, now)
                     .into_iter()
                     .find(|n| t.distance(&n.id) < mine && SocketAddr::V4(n.addr) != from);
                 match closer {

@@ -345,3 +345,95 @@ fn bootstrap_skips_refreshing_a_bucket_that_has_enough_good_nodes() {
     assert_eq!(far_targets, 0, "bucket 0 was not refreshed");
     assert!(c.stats().queries_out.get("find_node").copied().unwrap_or(0) > 0);
 }
+
+/// Everything `c` sends, parsed.
+fn sent(c: &mut Core) -> Vec<(SocketAddr, Message)> {
+    std::iter::from_fn(|| c.poll_transmit())
+        .map(|(to, b)| (to, krpc::parse(&b).expect("we send valid KRPC")))
+        .collect()
+}
+
+#[test]
+fn a_querier_gets_one_answer_and_is_named_only_after_echoing_its_address_token() {
+    let now = Instant::now();
+    let mut table = RoutingTable::new(Id([0; 20]), now);
+    // One node that answered long ago (questionable, still askable), so answers name it.
+    table.heard_from(
+        NodeInfo {
+            id: Id([0x01; 20]),
+            addr: addr(1),
+        },
+        crate::routing::Contact::Response,
+        now,
+    );
+    let later = now + crate::routing::GOOD_WINDOW;
+    let mut c = Core::new(table, false, [5; 32], later);
+    let querier = Id([0x02; 20]);
+    let ask = |tid: &[u8; 4], token: Option<Vec<u8>>| {
+        let q = Query::FindNode {
+            id: querier,
+            target: querier,
+        };
+        let mut m = Message::query(*tid, q);
+        m.version = Some(b"NK\x00\x01".to_vec());
+        m.address_token = token;
+        m.emit()
+    };
+    c.handle_datagram(SocketAddr::V4(addr(9)), &ask(b"aaaa", None), later);
+    let out = sent(&mut c);
+    assert_eq!(out.len(), 1, "the answer only: {out:?}");
+    let (to, answer) = &out[0];
+    assert_eq!(*to, SocketAddr::V4(addr(9)));
+    let token = answer
+        .address_token
+        .clone()
+        .expect("a natkit querier gets a token");
+    let named = |c: &mut Core| {
+        let q = Query::FindNode {
+            id: Id([0xee; 20]),
+            target: querier,
+        };
+        let m = Message::query(*b"zzzz", q).emit();
+        c.handle_datagram(SocketAddr::V4(addr(30)), &m, later);
+        let out = sent(c);
+        let Kind::Response(r) = &out[0].1.kind else {
+            panic!("not an answer")
+        };
+        r.nodes.clone().unwrap_or_default()
+    };
+    assert!(
+        named(&mut c).iter().all(|n| n.id != querier),
+        "unverified, not named"
+    );
+    // A token made for another address proves nothing.
+    c.handle_datagram(
+        SocketAddr::V4(addr(10)),
+        &ask(b"bbbb", Some(token.clone())),
+        later,
+    );
+    sent(&mut c);
+    assert!(named(&mut c).iter().all(|n| n.id != querier));
+    // Echoed from its own address: verified, and named.
+    c.handle_datagram(SocketAddr::V4(addr(9)), &ask(b"cccc", Some(token)), later);
+    assert_eq!(sent(&mut c).len(), 1, "still only the answer");
+    assert_eq!(c.stats().address_proofs_in, 1);
+    assert!(named(&mut c).iter().any(|n| n.id == querier));
+}
+
+#[test]
+fn our_queries_echo_a_nodes_address_token_once() {
+    let now = Instant::now();
+    let mut w = Wire::new(2, now);
+    let b = w.cores[1].id();
+    w.cores[0].start(Request::Bootstrap(vec![addr(1)]), now);
+    w.settle();
+    // Core 0 asked core 1, got its token and echoed it (in a refresh or the proof ping):
+    // core 1 now counts core 0 as good and names it.
+    assert!(w.cores[1].stats().address_proofs_in >= 1);
+    let a = w.cores[0].id();
+    let entry = w.cores[1].table().get(&a).expect("core 1 knows core 0");
+    assert_eq!(entry.status(now), crate::routing::Status::Good);
+    assert!(!entry.unverified);
+    let e0 = w.cores[0].table().get(&b).expect("core 0 knows core 1");
+    assert!(e0.token_to_echo(now).is_none(), "echoed, not again");
+}

@@ -32,6 +32,9 @@ impl Message {
         if let Some(ip) = &self.ip {
             put(&mut d, "ip", encode_peer(ip));
         }
+        if let Some(t) = &self.address_token {
+            put(&mut d, "nkt", t.clone());
+        }
         match &self.kind {
             Kind::Query(q) => {
                 put(&mut d, "y", "q");

@@ -69,9 +69,18 @@ pub struct Message {
     /// `ip` (BEP 42): the address of the message's *receiver* as seen by its sender. Responses
     /// carry it; 6 bytes for IPv4, 18 for IPv6. A value of another length is ignored.
     pub ip: Option<SocketAddr>,
+    /// `nkt` (natkit): an address token. In an answer, the token the responder hands to the
+    /// querier's address; in a later query to the same node, that token echoed back, proving
+    /// the querier receives datagrams at the address it sends from (see
+    /// [`crate::server::Tokens::address_token`]). Other implementations ignore the key. At most
+    /// [`MAX_ADDRESS_TOKEN_BYTES`] bytes; a longer value is ignored.
+    pub address_token: Option<Vec<u8>>,
     /// What the message says.
     pub kind: Kind,
 }
+
+/// Longest `nkt` address token accepted in a message.
+pub const MAX_ADDRESS_TOKEN_BYTES: usize = 20;
 
 /// The three kinds of KRPC message (`y`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -262,6 +271,7 @@ impl Message {
             version: None,
             read_only: false,
             ip: None,
+            address_token: None,
             kind,
         }
     }

@@ -37,6 +37,11 @@ pub fn parse(datagram: &[u8]) -> Result<Message, KrpcError> {
         .get(b"ip".as_slice())
         .and_then(Value::as_bytes)
         .and_then(decode_peer);
+    let address_token = d
+        .get(b"nkt".as_slice())
+        .and_then(Value::as_bytes)
+        .filter(|t| !t.is_empty() && t.len() <= super::MAX_ADDRESS_TOKEN_BYTES)
+        .map(<[u8]>::to_vec);
     let kind = match d.get(b"y".as_slice()).and_then(Value::as_bytes) {
         Some(b"q") => Kind::Query(parse_query(datagram, d, &transaction_id)?),
         Some(b"r") => Kind::Response(parse_response(datagram, d, &transaction_id)?),
@@ -48,6 +53,7 @@ pub fn parse(datagram: &[u8]) -> Result<Message, KrpcError> {
         version,
         read_only,
         ip,
+        address_token,
         kind,
     })
 }

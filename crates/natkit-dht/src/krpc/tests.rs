@@ -390,15 +390,19 @@ fn arb_message() -> impl Strategy<Value = Message> {
         proptest::option::of(arb_bytes()),
         any::<bool>(),
         proptest::option::of(arb_addr()),
+        proptest::option::of(proptest::collection::vec(any::<u8>(), 1..=20)),
         kind,
     )
-        .prop_map(|(transaction_id, version, read_only, ip, kind)| Message {
-            transaction_id,
-            version,
-            read_only,
-            ip,
-            kind,
-        })
+        .prop_map(
+            |(transaction_id, version, read_only, ip, address_token, kind)| Message {
+                transaction_id,
+                version,
+                read_only,
+                ip,
+                address_token,
+                kind,
+            },
+        )
 }
 
 proptest! {
