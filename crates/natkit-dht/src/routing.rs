@@ -83,11 +83,13 @@ pub struct Entry {
     /// Known only from its own queries: it never answered us, and no saved table or third
     /// party named it. See the module docs.
     pub unverified: bool,
-    /// The address token its last answer carried (`nkt`), with when it came: echoed in our
-    /// next query to it, so that it can verify us.
-    pub their_token: Option<(Vec<u8>, Instant)>,
-    /// When we last echoed `their_token` to it.
-    pub echoed: Option<Instant>,
+    /// The address token its last answer carried (`nkt`; natkit's are
+    /// [`crate::server::TOKEN_BYTES`] long, others are not kept), with when it came: echoed in
+    /// our next query to it, so that it can verify us. Fixed-size, so a table of 1,000s of
+    /// nodes stays small.
+    pub their_token: Option<(Instant, [u8; crate::server::TOKEN_BYTES])>,
+    /// Whether `their_token` was echoed already.
+    pub echoed: bool,
 }
 
 impl Entry {
@@ -100,7 +102,7 @@ impl Entry {
             failures: 0,
             unverified: false,
             their_token: None,
-            echoed: None,
+            echoed: false,
         }
     }
 
@@ -113,10 +115,17 @@ impl Entry {
     /// Whether its address token should ride on our next query to it: we have one from the
     /// last 5 minutes (tokens live 5–10) and have not echoed it since.
     pub fn token_to_echo(&self, now: Instant) -> Option<&[u8]> {
-        let (token, at) = self.their_token.as_ref()?;
+        let (at, token) = self.their_token.as_ref()?;
         let fresh = now.duration_since(*at) < crate::server::TOKEN_ROTATION;
-        let echoed = self.echoed.is_some_and(|e| e >= *at);
-        (fresh && !echoed).then_some(token.as_slice())
+        (fresh && !self.echoed).then_some(token.as_slice())
+    }
+
+    /// Keeps `token` (from its answer at `now`) to echo, if it is one of natkit's.
+    pub fn keep_token(&mut self, token: &[u8], now: Instant) {
+        if let Ok(t) = <[u8; crate::server::TOKEN_BYTES]>::try_from(token) {
+            self.their_token = Some((now, t));
+            self.echoed = false;
+        }
     }
 
     /// The node's BEP 5 status at `now`.
@@ -347,7 +356,7 @@ impl RoutingTable {
                     }
                     e.node.addr = node.addr;
                     e.their_token = None;
-                    e.echoed = None;
+                    e.echoed = false;
                 }
                 match contact {
                     Contact::Response | Contact::Proof => {

@@ -186,7 +186,7 @@ impl Core {
                 && let Some(e) = self.table.get_mut(&node.id)
                 && e.node.addr == node.addr
             {
-                e.their_token = Some((token.clone(), now));
+                e.keep_token(token, now);
             }
         }
         match tx.purpose {

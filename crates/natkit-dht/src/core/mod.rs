@@ -342,7 +342,7 @@ impl Core {
             && let Some(token) = e.token_to_echo(now)
         {
             m.address_token = Some(token.to_vec());
-            e.echoed = Some(now);
+            e.echoed = true;
         }
         self.outbox.push_back((SocketAddr::V4(to), m.emit()));
         self.txs.insert(
