@@ -68,6 +68,20 @@ fn a_key_file_others_can_read_is_refused() {
 }
 
 #[test]
+fn a_key_path_that_is_not_a_regular_file_is_refused_as_such() {
+    // /dev/null is mode 666: the file type is checked first, so nobody is
+    // told to chmod it.
+    let dir = tempfile::tempdir().unwrap();
+    for path in [std::path::Path::new("/dev/null"), dir.path()] {
+        let o = natkit(path, &["showid"]);
+        assert_clean_failure(&o, &path.display().to_string());
+        let err = stderr(&o);
+        assert!(err.contains("not a regular file"), "{err}");
+        assert!(!err.contains("chmod"), "{err}");
+    }
+}
+
+#[test]
 fn a_malformed_key_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("id.key");
