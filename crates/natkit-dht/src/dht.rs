@@ -81,7 +81,10 @@ pub enum DhtError {
     Busy,
     /// A storing node refused a mutable put because it holds a newer item (302) or its `seq` is
     /// not the put's `cas` (301): someone else wrote meanwhile. Get the item and retry.
-    #[error("a storing node refused the put with {code} ({accepted} nodes accepted it)")]
+    #[error(
+        "a storing node refused the put: {} ({code}); {accepted} nodes accepted it",
+        crate::krpc::error_name(*.code)
+    )]
     Conflict {
         /// 301 (CAS mismatch) or 302 (seq too low).
         code: i64,
@@ -98,19 +101,35 @@ pub enum DhtError {
         /// The payload's length.
         len: usize,
     },
-    /// No node acknowledged the message.
-    #[error("message not delivered (error codes: {errors:?})")]
+    /// No node acknowledged the message. Its text names the codes
+    /// ([`crate::rendezvous::describe_errors`]).
+    #[error("message not delivered: {}", not_delivered(.errors))]
     NotDelivered {
         /// The error code of each node tried (480 not registered there, 481 no answer, 482
         /// busy, 483 refused, 204 not a natkit node); empty if there was nobody to try.
         errors: Vec<i64>,
     },
-    /// No node accepted a put or announce.
-    #[error("no node stored the item (error codes: {errors:?})")]
+    /// No node accepted a put or announce. Its text names the codes
+    /// ([`crate::rendezvous::describe_errors`]).
+    #[error("no node stored the item{}", not_stored(.errors))]
     NotStored {
         /// Error codes returned by the nodes asked.
         errors: Vec<i64>,
     },
+}
+
+fn not_delivered(errors: &[i64]) -> String {
+    if errors.is_empty() {
+        return "no node to give it to (no rendezvous node found)".to_owned();
+    }
+    crate::rendezvous::describe_errors(errors)
+}
+
+fn not_stored(errors: &[i64]) -> String {
+    if errors.is_empty() {
+        return " (no node answered)".to_owned();
+    }
+    format!(": {}", crate::rendezvous::describe_errors(errors))
 }
 
 /// Builds a [`Dht`].
