@@ -1,5 +1,7 @@
 //! The tokio driver: one UDP socket and one task around a [`Core`]. The task only moves
 //! datagrams, passes requests in and results out, and sleeps until the core's next deadline.
+//! It also logs the requests' progress (`info`: each request and its result; `debug`: each
+//! lookup reply), which the silent core cannot.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), natkit_dht::dht::DhtError> {
@@ -41,6 +43,9 @@ use crate::rendezvous::{Incoming, MAX_PAYLOAD_BYTES};
 use crate::routing::{RoutingTable, SavedTable, TableFileError};
 use crate::server::{QueryHandler, RegisterError};
 use crate::stats::Stats;
+
+mod progress;
+use progress::Progress;
 
 /// Requests queued between the API and the node task.
 pub const COMMAND_QUEUE: usize = 256;
@@ -393,7 +398,13 @@ impl Dht {
     pub async fn bootstrap(&self) -> Result<usize, DhtError> {
         self.nodes(Request::Bootstrap(self.bootstrap.clone()))
             .await?;
-        Ok(self.stats().await?.routing_table_size)
+        let known = self.stats().await?.routing_table_size;
+        tracing::info!(
+            nodes_known = known,
+            bootstrap_nodes = self.bootstrap.len(),
+            "DHT bootstrap done"
+        );
+        Ok(known)
     }
 
     /// The closest nodes to `target` that answered.
@@ -694,6 +705,7 @@ async fn run(
     let mut streams: HashMap<OpId, mpsc::Sender<LookupEvent>> = HashMap::new();
     let mut handlers: Vec<MessageHandler> = Vec::new();
     let mut stream: Option<mpsc::Sender<Incoming>> = None;
+    let mut progress = Progress::default();
     loop {
         if stream.as_ref().is_some_and(mpsc::Sender::is_closed) {
             stream = None;
@@ -711,11 +723,16 @@ async fn run(
             }
         }
         while let Some((op, from, response)) = core.poll_reply() {
+            progress.reply(op, &from);
             if let Some(s) = streams.get(&op) {
                 let _ = s.try_send(LookupEvent::Reply { from, response });
             }
         }
         while let Some((op, outcome)) = core.poll_event() {
+            if progress.tracks(op) {
+                let queries = core.stats().lookup_queries;
+                progress.done(op, &outcome, queries, Instant::now());
+            }
             if let Some(w) = waiters.remove(&op) {
                 let _ = w.send(outcome);
             } else if let Some(s) = streams.remove(&op) {
@@ -750,11 +767,11 @@ async fn run(
             },
             cmd = commands.recv() => match cmd {
                 Some(Command::Start(req, reply)) => {
-                    let op = core.start(req, Instant::now());
+                    let op = start(&mut core, &mut progress, req, false);
                     waiters.insert(op, reply);
                 }
                 Some(Command::StartStream(req, events)) => {
-                    let op = core.start_streaming(req, Instant::now());
+                    let op = start(&mut core, &mut progress, req, true);
                     streams.insert(op, events);
                 }
                 Some(Command::Stats(reply)) => {
@@ -776,4 +793,23 @@ async fn run(
     {
         tracing::warn!(path = %path.display(), error = %e, "could not save the DHT routing table");
     }
+}
+
+/// Starts `req` (as a streaming lookup if `stream`). While requests are logged, every request
+/// is started streaming, so that its replies reach the log; the driver drops the replies that
+/// nobody streams.
+fn start(core: &mut Core, progress: &mut Progress, req: Request, stream: bool) -> OpId {
+    let now = Instant::now();
+    if !Progress::enabled() {
+        return if stream {
+            core.start_streaming(req, now)
+        } else {
+            core.start(req, now)
+        };
+    }
+    let what = progress::describe(&req, core.id());
+    let queries = core.stats().lookup_queries;
+    let op = core.start_streaming(req, now);
+    progress.started(op, what, queries, now);
+    op
 }
