@@ -257,6 +257,18 @@ fn garbage_gives_a_one_line_error_and_exit_1_or_2() {
 }
 
 #[test]
+fn error_lines_cannot_carry_control_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id.key");
+    let o = natkit(&key, &["unl", "encode", "--node-id", "bad\x1b[31mid"]);
+    assert_clean_failure(&o, "escape in an argument");
+    assert!(!stderr(&o).contains('\x1b'), "{}", stderr(&o));
+    let o = natkit(&key, &["unl", "decode", "nk\u{9b}31m"]);
+    assert_clean_failure(&o, "C1 in a UNL");
+    assert!(!stderr(&o).contains('\u{9b}'), "{}", stderr(&o));
+}
+
+#[test]
 fn version_and_help_exit_0() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("id.key");

@@ -84,6 +84,35 @@ fn put_and_get_through_a_running_node() {
     assert_eq!(v["value"], "second");
     assert_eq!(v["seq"], 2);
 
+    // A value from the network is printed with its control characters
+    // escaped; --json keeps it exact.
+    let nasty = "line one\nmessage from someone: FORGED \x1b[31mred\x07";
+    let put = natkit(
+        &key,
+        &[&common[..], &["dht", "put", nasty], &bind[..]].concat(),
+    );
+    assert!(put.status.success(), "{}", text(&put.stderr));
+    let nasty_target = text(&put.stdout);
+    let get = natkit(
+        &key,
+        &[&common[..], &["dht", "get", &nasty_target], &bind[..]].concat(),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&get.stdout),
+        "line one\\nmessage from someone: FORGED \\x1b[31mred\\x07\n"
+    );
+    let get = natkit(
+        &key,
+        &[
+            &common[..],
+            &["--json", "dht", "get", &nasty_target],
+            &bind[..],
+        ]
+        .concat(),
+    );
+    let v: serde_json::Value = serde_json::from_str(&text(&get.stdout)).unwrap();
+    assert_eq!(v["value"], nasty);
+
     // Missing items and bad input: exit 1 with one line.
     let missing = natkit(
         &key,

@@ -23,6 +23,7 @@ use natkit_identity::NodeId;
 
 use super::Cli;
 use super::identity::load_or_create_key;
+use super::text::escape_controls;
 
 /// `natkit dht ...`
 #[derive(Debug, Subcommand)]
@@ -304,7 +305,7 @@ async fn get(
             serde_json::json!({"event": "get", "value": text, "seq": seq})
         );
     } else {
-        println!("{text}");
+        println!("{}", escape_controls(&text));
     }
     Ok(())
 }
@@ -358,6 +359,8 @@ async fn listen(cli: &Cli, node: &NodeArgs, keepalive: u64) -> anyhow::Result<()
                             "sender_addr": sender, "via": m.via.to_string()})
                     );
                 } else {
+                    // The text is the sender's: it cannot start a line or reach the terminal.
+                    let text = escape_controls(&text);
                     println!("message from {from} ({sender} via {}): {text}", m.via);
                 }
             }

@@ -3,7 +3,9 @@
 //!
 //! `add` keeps the mapping alive (renewing its lease) until Ctrl-C or
 //! SIGTERM, then removes it. With `--json` every result and event is one
-//! JSON object per line.
+//! JSON object per line. In human-readable output, the strings the gateway
+//! sent (error texts, mapping descriptions, client names) are printed through
+//! [`escape_controls`].
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -16,6 +18,7 @@ use natkit_portmap::{Config, MappingEvent, MappingStatus};
 use serde_json::json;
 
 use super::Cli;
+use super::text::escape_controls;
 
 /// `natkit map ...`
 #[derive(Debug, Args)]
@@ -202,7 +205,7 @@ fn probe(cli: &Cli, config: Config) -> anyhow::Result<()> {
             let what = match (&m.error, m.external_ip) {
                 (None, Some(ip)) => format!("yes, external IP {ip}"),
                 (None, None) => "yes".to_string(),
-                (Some(e), _) => format!("no ({e})"),
+                (Some(e), _) => format!("no ({})", escape_controls(e)),
             };
             println!(
                 "{:<8} {what} [{} ms]",
@@ -250,7 +253,7 @@ fn status_json(s: &MappingStatus) -> serde_json::Value {
 fn status_text(s: &MappingStatus) -> String {
     let Some(m) = s.mapping else {
         return match &s.event {
-            MappingEvent::Failed(e) => format!("failed: {e}"),
+            MappingEvent::Failed(e) => format!("failed: {}", escape_controls(e)),
             other => other.name().to_string(),
         };
     };
@@ -264,7 +267,7 @@ fn status_text(s: &MappingStatus) -> String {
         m.lifetime.as_secs()
     );
     if let MappingEvent::Failed(e) = &s.event {
-        line.push_str(&format!(" (renewal failed: {e})"));
+        line.push_str(&format!(" (renewal failed: {})", escape_controls(e)));
     }
     if !s.external_is_global {
         line.push_str(" (external address not public: double NAT or carrier-grade NAT)");
@@ -312,14 +315,15 @@ fn list(cli: &Cli, config: Config) -> anyhow::Result<()> {
             v["event"] = json!("mapping");
             println!("{v}");
         } else {
+            // Every string here is the gateway's.
             println!(
                 "{} {} -> {}:{} lease {}s {}{}",
-                e.protocol,
+                escape_controls(&e.protocol),
                 e.external_port,
-                e.internal_client,
+                escape_controls(&e.internal_client),
                 e.internal_port,
                 e.lease_secs,
-                e.description,
+                escape_controls(&e.description),
                 if e.enabled { "" } else { " (disabled)" }
             );
         }

@@ -3,6 +3,8 @@
 //! Exit codes: 0 success, 1 runtime failure, 2 usage error. Errors are one line
 //! on stderr (`natkit: error: ...`); logs (tracing) go to stderr too, controlled
 //! by `-v` or `RUST_LOG`; results go to stdout, as JSON lines with `--json`.
+//! Anything that came from the network is printed through
+//! [`text::escape_controls`] in human-readable output.
 //!
 //! Each command has its own module: [`identity`] (`showid`) and [`unl`]
 //! (`unl decode`, `unl encode`).
@@ -14,6 +16,7 @@ use clap::{Parser, Subcommand};
 pub mod dht;
 pub mod identity;
 pub mod map;
+pub mod text;
 pub mod unl;
 
 /// Exit code for a runtime failure.
@@ -113,6 +116,8 @@ fn usage_error(e: clap::Error) -> i32 {
         .collect();
     let msg = para.join(" ");
     let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
+    // clap quotes the offending argument as it was given.
+    let msg = text::escape_controls(msg);
     eprintln!("natkit: usage error: {msg} (see natkit --help)");
     EXIT_USAGE
 }
@@ -127,11 +132,14 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The error and its causes on one line.
+/// The error and its causes on one line; text in them that came from the
+/// network (or from a file) cannot break the line or reach the terminal as
+/// control characters.
 fn one_line(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in e.chain() {
         let s = cause.to_string().replace('\n', " ");
+        let s = text::escape_controls(&s).into_owned();
         if !parts.iter().any(|p| p.contains(&s)) {
             parts.push(s);
         }
