@@ -2,13 +2,24 @@
 //! immutable and mutable items through it by short-lived nodes.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::net::UdpSocket;
+use std::process::{Command, Output, Stdio};
 
 mod common;
 use common::natkit;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).trim().to_string()
+}
+
+/// A usage error: exit 2, one line on stderr, nothing on stdout.
+fn assert_usage_error(o: &Output, what: &str) -> String {
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{what}: {err}");
+    assert_eq!(err.lines().count(), 1, "{what}: {err}");
+    assert!(err.starts_with("natkit: usage error: "), "{what}: {err}");
+    assert!(o.stdout.is_empty(), "{what}");
+    err
 }
 
 #[test]
@@ -113,7 +124,7 @@ fn put_and_get_through_a_running_node() {
     let v: serde_json::Value = serde_json::from_str(&text(&get.stdout)).unwrap();
     assert_eq!(v["value"], nasty);
 
-    // Missing items and bad input: exit 1 with one line.
+    // Missing items: exit 1 with one line. Bad input: exit 2 (usage).
     let missing = natkit(
         &key,
         &[&common[..], &["dht", "get", &"0".repeat(40)], &bind[..]].concat(),
@@ -121,11 +132,9 @@ fn put_and_get_through_a_running_node() {
     assert_eq!(missing.status.code(), Some(1));
     assert_eq!(text(&missing.stderr), "natkit: error: not found");
     let bad = natkit(&key, &[&common[..], &["dht", "get", "xyz"]].concat());
-    assert_eq!(bad.status.code(), Some(1));
-    assert_eq!(text(&bad.stderr).lines().count(), 1);
+    assert_usage_error(&bad, "get xyz");
     let lonely = natkit(&key, &["dht", "put", "x"]);
-    assert_eq!(lonely.status.code(), Some(1));
-    assert!(text(&lonely.stderr).contains("--bootstrap"));
+    assert!(assert_usage_error(&lonely, "put without --bootstrap").contains("--bootstrap"));
 
     // The node stops cleanly on SIGTERM.
     let pid = node.id().to_string();
@@ -138,4 +147,87 @@ fn put_and_get_through_a_running_node() {
     );
     let status = node.wait().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// A UDP socket standing in for a bootstrap node: it only listens.
+fn silent_bootstrap() -> (UdpSocket, String) {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = s.local_addr().unwrap().to_string();
+    (s, addr)
+}
+
+#[test]
+fn usage_errors_exit_2_before_any_network_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id.key");
+    let (sock, boot) = silent_bootstrap();
+    let id = Command::new(env!("CARGO_BIN_EXE_natkit"))
+        .args(["showid"])
+        .env("NATKIT_KEY", &key)
+        .output()
+        .unwrap();
+    let id = text(&id.stdout);
+    let long_text = "m".repeat(513);
+    let long_value = "v".repeat(1000);
+    let long_salt = "s".repeat(65);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["dht", "get", "xyz"], "not a target"),
+        (vec!["dht", "get", &id], "add --mutable"),
+        (vec!["dht", "get", "xyz", "--mutable"], "node id"),
+        (vec!["dht", "send", "xyz", "hi"], "recipient"),
+        (vec!["dht", "send", &id, &long_text], "512-byte limit"),
+        (
+            vec!["dht", "send", &id, "hi", "--via", "[::1]:6881"],
+            "IPv4 only",
+        ),
+        (vec!["dht", "put", &long_value], "1000-byte limit"),
+        (
+            vec!["dht", "put", "x", "--mutable", "--salt", &long_salt],
+            "salt",
+        ),
+        (
+            vec!["dht", "get", &id, "--mutable", "--salt", &long_salt],
+            "salt",
+        ),
+        (vec!["dht", "run", "--bind", "[::1]:0"], "IPv4 only"),
+        (
+            vec!["--port", "7", "dht", "run", "--bind", "127.0.0.1:8"],
+            "disagree",
+        ),
+    ];
+    for (args, says) in &cases {
+        let mut all = vec!["--bootstrap", &boot];
+        all.extend_from_slice(args);
+        let o = natkit(&key, &all);
+        let err = assert_usage_error(&o, &format!("{args:?}"));
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    // Without --bootstrap.
+    for cmd in [
+        &["dht", "put", "x"][..],
+        &["dht", "get", &id, "--mutable"],
+        &["dht", "listen"],
+        &["dht", "send", &id, "hi"],
+    ] {
+        let err = assert_usage_error(&natkit(&key, cmd), &format!("{cmd:?}"));
+        assert!(err.contains("needs --bootstrap"), "{err}");
+    }
+    // Nothing reached the bootstrap node.
+    sock.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 1500];
+    assert!(
+        sock.recv_from(&mut buf).is_err(),
+        "a usage error sent a datagram"
+    );
+}
+
+#[test]
+fn an_ipv6_bootstrap_node_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id.key");
+    for boot in ["[::1]:6881", "::1:6881", "[2001:db8::1]:6881"] {
+        let o = natkit(&key, &["--bootstrap", boot, "dht", "get", &"0".repeat(40)]);
+        let err = assert_usage_error(&o, boot);
+        assert!(err.contains("IPv4 only for now"), "{boot}: {err}");
+    }
 }

@@ -17,8 +17,8 @@ use natkit_portmap::gateway::{Method, Protocol};
 use natkit_portmap::{Config, MappingEvent, MappingStatus};
 use serde_json::json;
 
-use super::Cli;
 use super::text::escape_controls;
+use super::{Cli, usage};
 
 /// `natkit map ...`
 #[derive(Debug, Args)]
@@ -30,7 +30,8 @@ pub struct MapCommand {
     #[arg(long, global = true, value_name = "URL")]
     pub upnp_url: Option<String>,
     /// How long each probe and request may wait for the gateway, in milliseconds.
-    #[arg(long, global = true, value_name = "MS", default_value_t = 1000)]
+    #[arg(long, global = true, value_name = "MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: u64,
     /// What to do.
     #[command(subcommand)]
@@ -45,6 +46,7 @@ pub enum MapAction {
     /// Map a port and keep it mapped until Ctrl-C / SIGTERM, then remove it.
     Add {
         /// The local port to map (the same external port is asked for first).
+        #[arg(value_parser = clap::value_parser!(u16).range(1..))]
         port: u16,
         /// Transport protocol.
         #[arg(long, value_enum, default_value_t = ProtoArg::Tcp)]
@@ -66,6 +68,7 @@ pub enum MapAction {
     /// creating process's nonce). Auto tries every method.
     Remove {
         /// The port.
+        #[arg(value_parser = clap::value_parser!(u16).range(1..))]
         port: u16,
         /// Transport protocol.
         #[arg(long, value_enum, default_value_t = ProtoArg::Tcp)]
@@ -121,6 +124,13 @@ impl MethodArg {
 
 /// Runs `natkit map ...`.
 pub fn run(cli: &Cli, cmd: &MapCommand) -> anyhow::Result<()> {
+    if let Some(url) = &cmd.upnp_url
+        && !url.to_ascii_lowercase().starts_with("http://")
+    {
+        return usage(format!(
+            "--upnp-url {url:?} is not an http:// URL (a UPnP device description, e.g. http://192.168.1.1:5000/rootDesc.xml)"
+        ));
+    }
     let timeout = Duration::from_millis(cmd.timeout_ms.max(1));
     let mut config = Config {
         gateway: cmd.gateway,
