@@ -12,6 +12,12 @@
 //! reached behind NAT), prints them, then prints every message delivered to it
 //! until Ctrl-C. `send` delivers one signed message to a node id.
 //!
+//! Two kinds of id: the **DHT id** (40 hex digits) is a node's place in the
+//! DHT's routing, and a target (what `put` prints) is a DHT id too; the **node
+//! id** is the identity's ed25519 public key (52 base32 characters, or its 64
+//! hex digits), under which mutable items are stored and messages delivered.
+//! Commands that want a public key refuse a DHT id, saying so.
+//!
 //! Every argument is checked before the node starts: a mistake is a usage
 //! error (exit 2), never a network failure. The DHT speaks IPv4 only for now,
 //! so IPv6 bootstrap, bind and `--via` addresses are usage errors too.
@@ -33,8 +39,9 @@ use super::{Cli, UsageError, usage};
 /// `natkit dht ...`
 #[derive(Debug, Subcommand)]
 pub enum DhtCommand {
-    /// Run a DHT node until Ctrl-C (prints its id and address first). It
-    /// serves as a rendezvous node for nodes behind NAT.
+    /// Run a DHT node until Ctrl-C (prints its DHT id, the node id of --key
+    /// and its address first). It serves as a rendezvous node for nodes behind
+    /// NAT.
     Run {
         /// Also announce it on natkit's rendezvous service info-hash (every 15
         /// minutes), so nodes find it in a DHT shared with other clients. Only
@@ -236,6 +243,8 @@ fn public_key_arg(text: &str, what: &str) -> anyhow::Result<NodeId> {
 
 async fn run_node(cli: &Cli, node: &NodeArgs, announce_service: bool) -> anyhow::Result<()> {
     let join = resolve(cli, bind_addr(cli, node, true)?)?;
+    // Not used by the node itself: printed so that the two ids are not confused.
+    let node_id = load_or_create_key(cli)?.node_id();
     let dht = start_with(&join, Dht::builder()).await?;
     let announcing = async {
         if !announce_service {
@@ -249,13 +258,18 @@ async fn run_node(cli: &Cli, node: &NodeArgs, announce_service: bool) -> anyhow:
             }
         }
     };
+    let dht_id = dht.id().to_hex();
     if cli.json {
         println!(
             "{}",
-            serde_json::json!({"event": "dht_running", "id": dht.id().to_hex(), "addr": dht.local_addr().to_string()})
+            serde_json::json!({"event": "dht_running", "id": dht_id, "addr": dht.local_addr().to_string(),
+                "dht_id": dht_id, "node_id": node_id.to_string(), "public_key": node_id.to_hex()})
         );
     } else {
-        println!("dht node {} on {}", dht.id().to_hex(), dht.local_addr());
+        println!(
+            "dht node id {dht_id} (DHT routing id), node id {node_id} (public key) on {}",
+            dht.local_addr()
+        );
     }
     tokio::select! {
         r = wait_for_signal() => r?,
@@ -285,7 +299,7 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 /// What `dht put` stores: checked (and signed) before the node starts.
 enum PutItem {
     Immutable(Value),
-    Mutable(MutableItem),
+    Mutable(NodeId, MutableItem),
 }
 
 async fn put(
@@ -302,7 +316,7 @@ async fn put(
         let key = load_or_create_key(cli)?;
         let item = MutableItem::sign(key.signing_key(), salt.as_bytes(), seq, v)
             .map_err(|e| UsageError(format!("cannot store this item: {e}")))?;
-        PutItem::Mutable(item)
+        PutItem::Mutable(key.node_id(), item)
     } else {
         let len = natkit_dht::bencode::emit(&v).len();
         if len > bep44::MAX_VALUE_BYTES {
@@ -316,17 +330,24 @@ async fn put(
     let dht = start_with(&resolve(cli, bind)?, Dht::builder()).await?;
     let target = match &item {
         PutItem::Immutable(v) => dht.put_immutable(v.clone()).await,
-        PutItem::Mutable(item) => dht.put_mutable(item.clone(), None).await,
+        PutItem::Mutable(_, item) => dht.put_mutable(item.clone(), None).await,
     };
     dht.shutdown().await;
     let target = target.context("put failed")?.to_hex();
-    if cli.json {
-        println!(
+    match (&item, cli.json) {
+        (PutItem::Immutable(_), true) => println!(
             "{}",
-            serde_json::json!({"event": "put", "target": target, "mutable": mutable})
-        );
-    } else {
-        println!("{target}");
+            serde_json::json!({"event": "put", "target": target, "mutable": false})
+        ),
+        (PutItem::Immutable(_), false) => println!("{target}"),
+        (PutItem::Mutable(id, _), true) => println!(
+            "{}",
+            serde_json::json!({"event": "put", "target": target, "mutable": true,
+                "node_id": id.to_string(), "public_key": id.to_hex(), "salt": salt, "seq": seq})
+        ),
+        (PutItem::Mutable(id, _), false) => println!(
+            "{target} (target), stored under node id {id} (public key), salt {salt:?}, seq {seq}"
+        ),
     }
     Ok(())
 }
