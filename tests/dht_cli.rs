@@ -1,11 +1,12 @@
 //! `natkit dht run|put|get|listen|send` on loopback: a running node, put/get of
 //! immutable and mutable items and messages through it by short-lived nodes,
-//! usage errors.
+//! usage errors and read-only one-shot nodes.
 
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::time::Duration;
 
 mod common;
 use common::natkit;
@@ -281,6 +282,38 @@ fn an_ipv6_bootstrap_node_is_a_usage_error() {
         let err = assert_usage_error(&o, boot);
         assert!(err.contains("IPv4 only for now"), "{boot}: {err}");
     }
+}
+
+#[test]
+fn one_shot_commands_join_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id.key");
+    let id = text(&natkit(&key, &["showid"]).stdout);
+    let target = "0".repeat(40);
+    let first_query = |args: &[&str]| {
+        let (sock, boot) = silent_bootstrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut all = vec!["--bootstrap", &boot];
+        all.extend_from_slice(args);
+        all.extend(["--bind", "127.0.0.1:0"]);
+        let _running = Running::spawn(&key, &all);
+        let mut buf = [0u8; 1500];
+        let (n, _) = sock.recv_from(&mut buf).expect("a bootstrap query");
+        buf[..n].to_vec()
+    };
+    let read_only = |q: &[u8]| q.windows(7).any(|w| w == b"2:roi1e");
+    for args in [
+        &["dht", "get", &target][..],
+        &["dht", "put", "x"],
+        &["dht", "send", &id, "hi"],
+    ] {
+        let q = first_query(args);
+        assert!(read_only(&q), "{args:?}: {}", String::from_utf8_lossy(&q));
+    }
+    // listen and run stay full nodes.
+    assert!(!read_only(&first_query(&["dht", "listen"])));
+    assert!(!read_only(&first_query(&["dht", "run"])));
 }
 
 #[test]

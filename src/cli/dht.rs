@@ -2,8 +2,9 @@
 //! one, and rendezvous messages.
 //!
 //! `run` keeps a node up until Ctrl-C or SIGTERM. `put`, `get` and `send`
-//! start a short-lived node, join the network through `--bootstrap` (nothing
-//! is contacted without it), do one operation and exit. Values are the text given, stored as a bencoded
+//! start a short-lived, read-only node (BEP 43: it asks, and answers nobody),
+//! join the network through `--bootstrap` (nothing is contacted without it), do
+//! one operation and exit. Values are the text given, stored as a bencoded
 //! byte string. Mutable items are signed with this node's identity key
 //! (`--key`), so the ed25519 public key under which they are stored is the
 //! node id.
@@ -235,6 +236,12 @@ async fn start_with(join: &Join, builder: DhtBuilder) -> anyhow::Result<Dht> {
     Ok(dht)
 }
 
+/// A short-lived read-only node (BEP 43) for one request: other nodes do not
+/// add it to their routing tables, and it answers nobody.
+fn one_shot() -> DhtBuilder {
+    Dht::builder().read_only(true)
+}
+
 /// Parses a public key argument: the node id (base32) or the 64-hex ed25519
 /// key; a DHT id is a usage error that says why.
 fn public_key_arg(text: &str, what: &str) -> anyhow::Result<NodeId> {
@@ -327,7 +334,7 @@ async fn put(
         }
         PutItem::Immutable(v)
     };
-    let dht = start_with(&resolve(cli, bind)?, Dht::builder()).await?;
+    let dht = start_with(&resolve(cli, bind)?, one_shot()).await?;
     let target = match &item {
         PutItem::Immutable(v) => dht.put_immutable(v.clone()).await,
         PutItem::Mutable(_, item) => dht.put_mutable(item.clone(), None).await,
@@ -398,7 +405,7 @@ async fn get(
             bep44::MAX_SALT_BYTES
         ));
     }
-    let dht = start_with(&resolve(cli, bind)?, Dht::builder()).await?;
+    let dht = start_with(&resolve(cli, bind)?, one_shot()).await?;
     let found = match &what {
         GetWhat::Immutable(target) => dht
             .get_immutable(*target)
@@ -429,9 +436,16 @@ async fn get(
 }
 
 /// A node speaking for this identity that does not serve others as a
-/// rendezvous node (a node behind NAT could not).
-async fn identity_node(join: &Join, key: &Keypair, keepalive: u64) -> anyhow::Result<Dht> {
+/// rendezvous node (a node behind NAT could not); read-only for a one-shot
+/// command.
+async fn identity_node(
+    join: &Join,
+    key: &Keypair,
+    keepalive: u64,
+    read_only: bool,
+) -> anyhow::Result<Dht> {
     let builder = Dht::builder()
+        .read_only(read_only)
         .identity(key.signing_key().clone())
         .rendezvous_server(false)
         .keepalive_interval(std::time::Duration::from_secs(keepalive));
@@ -441,7 +455,7 @@ async fn identity_node(join: &Join, key: &Keypair, keepalive: u64) -> anyhow::Re
 async fn listen(cli: &Cli, node: &NodeArgs, keepalive: u64) -> anyhow::Result<()> {
     let join = resolve(cli, bind_addr(cli, node, false)?)?;
     let key = load_or_create_key(cli)?;
-    let dht = identity_node(&join, &key, keepalive).await?;
+    let dht = identity_node(&join, &key, keepalive, false).await?;
     let mut messages = dht.messages().await.context("cannot receive messages")?;
     let points = dht.register().await.context("cannot register")?;
     let id = key.node_id();
@@ -509,7 +523,7 @@ async fn send(
     }
     let join = resolve(cli, bind)?;
     let key = load_or_create_key(cli)?;
-    let dht = identity_node(&join, &key, 20).await?;
+    let dht = identity_node(&join, &key, 20, true).await?;
     let to_key = *to.as_bytes();
     let sent = if !via.is_empty() {
         dht.send_message_via(to_key, text.as_bytes(), via).await
