@@ -1,6 +1,6 @@
 //! `natkit dht run|put|get|listen|send` on loopback: a running node, put/get of
 //! immutable and mutable items and messages through it by short-lived nodes,
-//! usage errors and read-only one-shot nodes.
+//! usage errors, read-only one-shot nodes and progress logs.
 
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
@@ -314,6 +314,38 @@ fn one_shot_commands_join_read_only() {
     // listen and run stay full nodes.
     assert!(!read_only(&first_query(&["dht", "listen"])));
     assert!(!read_only(&first_query(&["dht", "run"])));
+}
+
+#[test]
+fn verbose_shows_the_lookup_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id.key");
+    let (_node, addr, _) = Running::node(&key);
+    let o = through(&key, &addr, &["-v", "dht", "get", &"0".repeat(40)]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("DHT bootstrap done") && err.contains("nodes_known=1"),
+        "{err}"
+    );
+    assert!(
+        err.contains("DHT request done") && err.contains("get immutable"),
+        "{err}"
+    );
+    assert!(
+        err.contains("not found") && err.contains("answered=1"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("DHT lookup reply"),
+        "replies are for -vv: {err}"
+    );
+    let o = through(&key, &addr, &["-vv", "dht", "get", &"0".repeat(40)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("DHT lookup reply") && err.contains("log2_distance="),
+        "{err}"
+    );
 }
 
 #[test]
