@@ -68,6 +68,20 @@ fn a_key_file_others_can_read_is_refused() {
 }
 
 #[test]
+fn a_key_path_that_is_not_a_regular_file_is_refused_as_such() {
+    // /dev/null is mode 666: the file type is checked first, so nobody is
+    // told to chmod it.
+    let dir = tempfile::tempdir().unwrap();
+    for path in [std::path::Path::new("/dev/null"), dir.path()] {
+        let o = natkit(path, &["showid"]);
+        assert_clean_failure(&o, &path.display().to_string());
+        let err = stderr(&o);
+        assert!(err.contains("not a regular file"), "{err}");
+        assert!(!err.contains("chmod"), "{err}");
+    }
+}
+
+#[test]
 fn a_malformed_key_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("id.key");
@@ -240,6 +254,94 @@ fn garbage_gives_a_one_line_error_and_exit_1_or_2() {
         let o = natkit(&key, &args);
         assert_clean_failure(&o, &format!("{args:?}"));
     }
+}
+
+/// A usage error: exit 2, one line on stderr starting "natkit: usage error: ".
+fn assert_usage_error(o: &Output, what: &str) -> String {
+    assert_clean_failure(o, what);
+    assert_eq!(o.status.code(), Some(2), "{what}: {}", stderr(o));
+    let err = stderr(o);
+    assert!(err.starts_with("natkit: usage error: "), "{what}: {err}");
+    err
+}
+
+#[test]
+fn mistakes_in_arguments_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id.key");
+    assert!(natkit(&key, &["showid"]).status.success());
+    let other = "rkeohxlubhyzl7ks3mwtzos5olfgocn7dwkbeg7toseadnapn5oa";
+    let mut nine = vec!["unl", "encode", "--node-id", other];
+    let addrs: Vec<String> = (1..=9).map(|i| format!("lan=10.0.0.{i}:1")).collect();
+    for a in &addrs {
+        nine.extend(["--addr", a]);
+    }
+    let dht_id = "ab".repeat(20);
+    let mut five = vec!["unl", "encode", "--node-id", other];
+    let points: Vec<String> = (1..=5).map(|i| format!("10.0.0.{i}:1")).collect();
+    for p in &points {
+        five.extend(["--rendezvous", p]);
+    }
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (nine, "at most 8"),
+        (five, "at most 4"),
+        (vec!["unl", "encode", "--nat", "incrementing"], "--delta"),
+        (vec!["unl", "encode", "--delta", "2"], "--delta"),
+        (
+            vec!["unl", "encode", "--node-id", other, "--sign"],
+            "--sign",
+        ),
+        (
+            vec!["unl", "encode", "--node-id", &dht_id],
+            "not a public key",
+        ),
+        (vec!["unl", "decode", "garbage"], "cannot decode"),
+        (vec!["map", "add", "0"], "0"),
+        (vec!["map", "--timeout-ms", "0", "probe"], "0"),
+        (
+            vec!["map", "--upnp-url", "ftp://192.168.1.1/x", "probe"],
+            "http://",
+        ),
+    ];
+    for (args, says) in cases {
+        let err = assert_usage_error(&natkit(&key, &args), &format!("{args:?}"));
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    // The 64-hex form of a public key is a node id too.
+    let hex = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+    let o = natkit(
+        &key,
+        &["unl", "encode", "--node-id", hex, "--timestamp", "0"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn a_cut_unl_is_reported_as_incomplete() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id.key");
+    let unl = "nkccfiry65oqe7dfp5klns2pf2lvzmuzyjx4ozieq36n2iqanub5xvyitk7wdmaiaabiaacawfiqa4wadrblcuirrfsria";
+    let err = assert_usage_error(&natkit(&key, &["unl", "decode", &unl[..60]]), "cut");
+    assert!(err.contains("incomplete: it has 60 characters"), "{err}");
+    let mut typo = unl.to_string();
+    typo.replace_range(70..71, "q");
+    let err = assert_usage_error(&natkit(&key, &["unl", "decode", &typo]), "typo");
+    assert!(err.contains("checksum"), "{err}");
+    let bad = format!("{}!{}", &unl[..20], &unl[21..]);
+    let err = assert_usage_error(&natkit(&key, &["unl", "decode", &bad]), "bad character");
+    assert!(err.contains("position 21: '!'"), "{err}");
+}
+
+#[test]
+fn error_lines_cannot_carry_control_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("id.key");
+    let o = natkit(&key, &["unl", "encode", "--node-id", "bad\x1b[31mid"]);
+    assert_clean_failure(&o, "escape in an argument");
+    assert!(!stderr(&o).contains('\x1b'), "{}", stderr(&o));
+    let o = natkit(&key, &["unl", "decode", "nk\u{9b}31m"]);
+    assert_clean_failure(&o, "C1 in a UNL");
+    assert!(!stderr(&o).contains('\u{9b}'), "{}", stderr(&o));
 }
 
 #[test]

@@ -26,6 +26,7 @@ pub fn showid(cli: &Cli) -> anyhow::Result<()> {
             serde_json::json!({
                 "event": "showid",
                 "node_id": key.node_id(),
+                "public_key": key.node_id().to_hex(),
                 "key_file": path.display().to_string(),
             })
         );

@@ -3,7 +3,9 @@
 //!
 //! `add` keeps the mapping alive (renewing its lease) until Ctrl-C or
 //! SIGTERM, then removes it. With `--json` every result and event is one
-//! JSON object per line.
+//! JSON object per line. In human-readable output, the strings the gateway
+//! sent (error texts, mapping descriptions, client names) are printed through
+//! [`escape_controls`].
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -15,7 +17,8 @@ use natkit_portmap::gateway::{Method, Protocol};
 use natkit_portmap::{Config, MappingEvent, MappingStatus};
 use serde_json::json;
 
-use super::Cli;
+use super::text::escape_controls;
+use super::{Cli, usage};
 
 /// `natkit map ...`
 #[derive(Debug, Args)]
@@ -27,7 +30,8 @@ pub struct MapCommand {
     #[arg(long, global = true, value_name = "URL")]
     pub upnp_url: Option<String>,
     /// How long each probe and request may wait for the gateway, in milliseconds.
-    #[arg(long, global = true, value_name = "MS", default_value_t = 1000)]
+    #[arg(long, global = true, value_name = "MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: u64,
     /// What to do.
     #[command(subcommand)]
@@ -42,6 +46,7 @@ pub enum MapAction {
     /// Map a port and keep it mapped until Ctrl-C / SIGTERM, then remove it.
     Add {
         /// The local port to map (the same external port is asked for first).
+        #[arg(value_parser = clap::value_parser!(u16).range(1..))]
         port: u16,
         /// Transport protocol.
         #[arg(long, value_enum, default_value_t = ProtoArg::Tcp)]
@@ -63,6 +68,7 @@ pub enum MapAction {
     /// creating process's nonce). Auto tries every method.
     Remove {
         /// The port.
+        #[arg(value_parser = clap::value_parser!(u16).range(1..))]
         port: u16,
         /// Transport protocol.
         #[arg(long, value_enum, default_value_t = ProtoArg::Tcp)]
@@ -118,6 +124,13 @@ impl MethodArg {
 
 /// Runs `natkit map ...`.
 pub fn run(cli: &Cli, cmd: &MapCommand) -> anyhow::Result<()> {
+    if let Some(url) = &cmd.upnp_url
+        && !url.to_ascii_lowercase().starts_with("http://")
+    {
+        return usage(format!(
+            "--upnp-url {url:?} is not an http:// URL (a UPnP device description, e.g. http://192.168.1.1:5000/rootDesc.xml)"
+        ));
+    }
     let timeout = Duration::from_millis(cmd.timeout_ms.max(1));
     let mut config = Config {
         gateway: cmd.gateway,
@@ -202,7 +215,7 @@ fn probe(cli: &Cli, config: Config) -> anyhow::Result<()> {
             let what = match (&m.error, m.external_ip) {
                 (None, Some(ip)) => format!("yes, external IP {ip}"),
                 (None, None) => "yes".to_string(),
-                (Some(e), _) => format!("no ({e})"),
+                (Some(e), _) => format!("no ({})", escape_controls(e)),
             };
             println!(
                 "{:<8} {what} [{} ms]",
@@ -250,7 +263,7 @@ fn status_json(s: &MappingStatus) -> serde_json::Value {
 fn status_text(s: &MappingStatus) -> String {
     let Some(m) = s.mapping else {
         return match &s.event {
-            MappingEvent::Failed(e) => format!("failed: {e}"),
+            MappingEvent::Failed(e) => format!("failed: {}", escape_controls(e)),
             other => other.name().to_string(),
         };
     };
@@ -264,7 +277,7 @@ fn status_text(s: &MappingStatus) -> String {
         m.lifetime.as_secs()
     );
     if let MappingEvent::Failed(e) = &s.event {
-        line.push_str(&format!(" (renewal failed: {e})"));
+        line.push_str(&format!(" (renewal failed: {})", escape_controls(e)));
     }
     if !s.external_is_global {
         line.push_str(" (external address not public: double NAT or carrier-grade NAT)");
@@ -312,14 +325,15 @@ fn list(cli: &Cli, config: Config) -> anyhow::Result<()> {
             v["event"] = json!("mapping");
             println!("{v}");
         } else {
+            // Every string here is the gateway's.
             println!(
                 "{} {} -> {}:{} lease {}s {}{}",
-                e.protocol,
+                escape_controls(&e.protocol),
                 e.external_port,
-                e.internal_client,
+                escape_controls(&e.internal_client),
                 e.internal_port,
                 e.lease_secs,
-                e.description,
+                escape_controls(&e.description),
                 if e.enabled { "" } else { " (disabled)" }
             );
         }

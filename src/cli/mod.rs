@@ -1,12 +1,19 @@
 //! The `natkit` command-line tool.
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 usage error. Errors are one line
-//! on stderr (`natkit: error: ...`); logs (tracing) go to stderr too, controlled
-//! by `-v` or `RUST_LOG`; results go to stdout, as JSON lines with `--json`.
+//! on stderr (`natkit: error: ...`, or `natkit: usage error: ...`); logs
+//! (tracing) go to stderr too, controlled by `-v` or `RUST_LOG`; results go to
+//! stdout, as JSON lines with `--json`.
 //!
-//! Each command has its own module: [`identity`] (`showid`) and [`unl`]
-//! (`unl decode`, `unl encode`).
+//! A usage error is a mistake in how natkit was called: clap's, or a
+//! [`UsageError`] that a command returns after checking its arguments, always
+//! before any network work. Anything that came from the network is printed
+//! through [`text::escape_controls`] in human-readable output.
+//!
+//! Each command has its own module: [`identity`] (`showid`), [`unl`]
+//! (`unl decode`, `unl encode`), [`map`] (`map ...`) and [`dht`] (`dht ...`).
 
+use std::fmt;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -14,12 +21,38 @@ use clap::{Parser, Subcommand};
 pub mod dht;
 pub mod identity;
 pub mod map;
+pub mod text;
 pub mod unl;
 
 /// Exit code for a runtime failure.
 pub const EXIT_FAILURE: i32 = 1;
 /// Exit code for a usage error (bad flags or arguments).
 pub const EXIT_USAGE: i32 = 2;
+
+/// A mistake in how natkit was called (a malformed argument, a missing flag,
+/// a value over a limit, flags that cannot go together), found before any
+/// network work. [`main`] finds it anywhere in an error's chain and exits with
+/// [`EXIT_USAGE`]; every other error is a runtime failure.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// `Err` with a [`UsageError`] saying `msg`.
+pub fn usage<T>(msg: impl Into<String>) -> anyhow::Result<T> {
+    Err(UsageError(msg.into()).into())
+}
+
+/// Whether `e` is a usage error (a [`UsageError`] anywhere in its chain).
+pub fn is_usage_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<UsageError>())
+}
 
 /// natkit: find peers behind NATs and open direct, authenticated connections.
 #[derive(Debug, Parser)]
@@ -85,6 +118,10 @@ pub fn main() -> i32 {
     init_logging(cli.verbose);
     match run(&cli) {
         Ok(()) => 0,
+        Err(e) if is_usage_error(&e) => {
+            eprintln!("natkit: usage error: {} (see natkit --help)", one_line(&e));
+            EXIT_USAGE
+        }
         Err(e) => {
             eprintln!("natkit: error: {}", one_line(&e));
             EXIT_FAILURE
@@ -113,6 +150,8 @@ fn usage_error(e: clap::Error) -> i32 {
         .collect();
     let msg = para.join(" ");
     let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
+    // clap quotes the offending argument as it was given.
+    let msg = text::escape_controls(msg);
     eprintln!("natkit: usage error: {msg} (see natkit --help)");
     EXIT_USAGE
 }
@@ -127,11 +166,14 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The error and its causes on one line.
+/// The error and its causes on one line; text in them that came from the
+/// network (or from a file) cannot break the line or reach the terminal as
+/// control characters.
 fn one_line(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in e.chain() {
         let s = cause.to_string().replace('\n', " ");
+        let s = text::escape_controls(&s).into_owned();
         if !parts.iter().any(|p| p.contains(&s)) {
             parts.push(s);
         }
@@ -148,12 +190,18 @@ fn init_logging(verbose: u8) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Colours only on a terminal: a log file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .try_init();
 }
 
+/// A `--bootstrap` value: HOST:PORT with an IPv4 address or a host name. An
+/// IPv6 address is refused here (the DHT speaks IPv4 only for now); a name
+/// that resolves only to IPv6 is refused when it is resolved.
 fn parse_host_port(s: &str) -> Result<String, String> {
     let (host, port) = s
         .rsplit_once(':')
@@ -161,6 +209,11 @@ fn parse_host_port(s: &str) -> Result<String, String> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(format!("{s:?} has no host"));
+    }
+    if host.contains(':') || host.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Err(format!(
+            "{s:?} is an IPv6 address: the DHT speaks IPv4 only for now; give an IPv4 bootstrap node"
+        ));
     }
     match port.parse::<u16>() {
         Ok(p) if p != 0 => Ok(s.to_string()),

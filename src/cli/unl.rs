@@ -3,13 +3,13 @@
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use natkit_identity::NodeId;
 use natkit_unl::{AddrSource, NatType, NodeType, Unl};
 
-use super::Cli;
 use super::identity::load_or_create_key;
+use super::{Cli, UsageError, usage};
 
 /// `natkit unl ...`
 #[derive(Debug, Subcommand)]
@@ -26,7 +26,8 @@ pub enum UnlCommand {
 /// Flags of `natkit unl encode`.
 #[derive(Debug, Args)]
 pub struct EncodeArgs {
-    /// The node id to put in the UNL. Default: this node's own (from the key file).
+    /// The node id to put in the UNL (52 base32 characters, or the 64 hex
+    /// digits of its public key). Default: this node's own (from the key file).
     #[arg(long, value_name = "ID")]
     pub node_id: Option<NodeId>,
     /// A candidate address as SOURCE=IP:PORT (repeatable, best first).
@@ -90,7 +91,8 @@ pub fn run(cli: &Cli, cmd: &UnlCommand) -> anyhow::Result<()> {
 }
 
 fn decode(cli: &Cli, text: &str) -> anyhow::Result<()> {
-    let unl = Unl::parse(text).context("cannot decode the UNL")?;
+    // A UNL that does not decode is a bad argument.
+    let unl = Unl::parse(text).map_err(|e| UsageError(format!("cannot decode the UNL: {e}")))?;
     if cli.json {
         let mut v = serde_json::to_value(&unl)?;
         if let Some(obj) = v.as_object_mut() {
@@ -137,18 +139,26 @@ fn encode(cli: &Cli, args: &EncodeArgs) -> anyhow::Result<()> {
     // Check everything before touching the key file.
     let nat = match (args.nat, args.delta) {
         (NatArg::Incrementing, Some(delta)) => NatType::Incrementing { delta },
-        (NatArg::Incrementing, None) => bail!("--nat incrementing needs --delta N"),
-        (_, Some(_)) => bail!("--delta is only for --nat incrementing"),
+        (NatArg::Incrementing, None) => return usage("--nat incrementing needs --delta N"),
+        (_, Some(_)) => return usage("--delta is only for --nat incrementing"),
         (NatArg::Unknown, None) => NatType::Unknown,
         (NatArg::Open, None) => NatType::Open,
         (NatArg::Consistent, None) => NatType::Consistent,
         (NatArg::Random, None) => NatType::Random,
     };
     if args.addrs.len() > natkit_unl::MAX_ADDRS {
-        bail!("at most {} --addr", natkit_unl::MAX_ADDRS);
+        return usage(format!(
+            "{} --addr given; a UNL holds at most {}",
+            args.addrs.len(),
+            natkit_unl::MAX_ADDRS
+        ));
     }
     if args.rendezvous.len() > natkit_unl::MAX_RENDEZVOUS {
-        bail!("at most {} --rendezvous", natkit_unl::MAX_RENDEZVOUS);
+        return usage(format!(
+            "{} --rendezvous given; a UNL holds at most {}",
+            args.rendezvous.len(),
+            natkit_unl::MAX_RENDEZVOUS
+        ));
     }
     let key = if args.sign || args.node_id.is_none() {
         Some(load_or_create_key(cli)?)
@@ -158,7 +168,7 @@ fn encode(cli: &Cli, args: &EncodeArgs) -> anyhow::Result<()> {
     let node_id = match (args.node_id, &key) {
         (Some(id), _) => id,
         (None, Some(k)) => k.node_id(),
-        (None, None) => bail!("no node id"),
+        (None, None) => anyhow::bail!("no node id"),
     };
     let mut unl = Unl::new(node_id);
     for (source, addr) in &args.addrs {
@@ -177,7 +187,9 @@ fn encode(cli: &Cli, args: &EncodeArgs) -> anyhow::Result<()> {
     unl.timestamp = args.timestamp;
     if args.sign {
         let key = key.as_ref().context("signing needs the identity key")?;
-        unl.sign(key)?;
+        // Signing another node's UNL cannot work: a usage error.
+        unl.sign(key)
+            .map_err(|e| UsageError(format!("--sign: {e}")))?;
     }
     let text = unl.try_emit()?;
     if cli.json {

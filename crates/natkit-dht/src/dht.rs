@@ -1,5 +1,7 @@
 //! The tokio driver: one UDP socket and one task around a [`Core`]. The task only moves
 //! datagrams, passes requests in and results out, and sleeps until the core's next deadline.
+//! It also logs the requests' progress (`info`: each request and its result; `debug`: each
+//! lookup reply), which the silent core cannot.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), natkit_dht::dht::DhtError> {
@@ -42,6 +44,9 @@ use crate::routing::{RoutingTable, SavedTable, TableFileError};
 use crate::server::{QueryHandler, RegisterError};
 use crate::stats::Stats;
 
+mod progress;
+use progress::Progress;
+
 /// Requests queued between the API and the node task.
 pub const COMMAND_QUEUE: usize = 256;
 
@@ -81,7 +86,10 @@ pub enum DhtError {
     Busy,
     /// A storing node refused a mutable put because it holds a newer item (302) or its `seq` is
     /// not the put's `cas` (301): someone else wrote meanwhile. Get the item and retry.
-    #[error("a storing node refused the put with {code} ({accepted} nodes accepted it)")]
+    #[error(
+        "a storing node refused the put: {} ({code}); {accepted} nodes accepted it",
+        crate::krpc::error_name(*.code)
+    )]
     Conflict {
         /// 301 (CAS mismatch) or 302 (seq too low).
         code: i64,
@@ -98,19 +106,35 @@ pub enum DhtError {
         /// The payload's length.
         len: usize,
     },
-    /// No node acknowledged the message.
-    #[error("message not delivered (error codes: {errors:?})")]
+    /// No node acknowledged the message. Its text names the codes
+    /// ([`crate::rendezvous::describe_errors`]).
+    #[error("message not delivered: {}", not_delivered(.errors))]
     NotDelivered {
         /// The error code of each node tried (480 not registered there, 481 no answer, 482
         /// busy, 483 refused, 204 not a natkit node); empty if there was nobody to try.
         errors: Vec<i64>,
     },
-    /// No node accepted a put or announce.
-    #[error("no node stored the item (error codes: {errors:?})")]
+    /// No node accepted a put or announce. Its text names the codes
+    /// ([`crate::rendezvous::describe_errors`]).
+    #[error("no node stored the item{}", not_stored(.errors))]
     NotStored {
         /// Error codes returned by the nodes asked.
         errors: Vec<i64>,
     },
+}
+
+fn not_delivered(errors: &[i64]) -> String {
+    if errors.is_empty() {
+        return "no node to give it to (no rendezvous node found)".to_owned();
+    }
+    crate::rendezvous::describe_errors(errors)
+}
+
+fn not_stored(errors: &[i64]) -> String {
+    if errors.is_empty() {
+        return " (no node answered)".to_owned();
+    }
+    format!(": {}", crate::rendezvous::describe_errors(errors))
 }
 
 /// Builds a [`Dht`].
@@ -374,7 +398,13 @@ impl Dht {
     pub async fn bootstrap(&self) -> Result<usize, DhtError> {
         self.nodes(Request::Bootstrap(self.bootstrap.clone()))
             .await?;
-        Ok(self.stats().await?.routing_table_size)
+        let known = self.stats().await?.routing_table_size;
+        tracing::info!(
+            nodes_known = known,
+            bootstrap_nodes = self.bootstrap.len(),
+            "DHT bootstrap done"
+        );
+        Ok(known)
     }
 
     /// The closest nodes to `target` that answered.
@@ -675,6 +705,7 @@ async fn run(
     let mut streams: HashMap<OpId, mpsc::Sender<LookupEvent>> = HashMap::new();
     let mut handlers: Vec<MessageHandler> = Vec::new();
     let mut stream: Option<mpsc::Sender<Incoming>> = None;
+    let mut progress = Progress::default();
     loop {
         if stream.as_ref().is_some_and(mpsc::Sender::is_closed) {
             stream = None;
@@ -692,11 +723,16 @@ async fn run(
             }
         }
         while let Some((op, from, response)) = core.poll_reply() {
+            progress.reply(op, &from);
             if let Some(s) = streams.get(&op) {
                 let _ = s.try_send(LookupEvent::Reply { from, response });
             }
         }
         while let Some((op, outcome)) = core.poll_event() {
+            if progress.tracks(op) {
+                let queries = core.stats().lookup_queries;
+                progress.done(op, &outcome, queries, Instant::now());
+            }
             if let Some(w) = waiters.remove(&op) {
                 let _ = w.send(outcome);
             } else if let Some(s) = streams.remove(&op) {
@@ -731,11 +767,11 @@ async fn run(
             },
             cmd = commands.recv() => match cmd {
                 Some(Command::Start(req, reply)) => {
-                    let op = core.start(req, Instant::now());
+                    let op = start(&mut core, &mut progress, req, false);
                     waiters.insert(op, reply);
                 }
                 Some(Command::StartStream(req, events)) => {
-                    let op = core.start_streaming(req, Instant::now());
+                    let op = start(&mut core, &mut progress, req, true);
                     streams.insert(op, events);
                 }
                 Some(Command::Stats(reply)) => {
@@ -757,4 +793,23 @@ async fn run(
     {
         tracing::warn!(path = %path.display(), error = %e, "could not save the DHT routing table");
     }
+}
+
+/// Starts `req` (as a streaming lookup if `stream`). While requests are logged, every request
+/// is started streaming, so that its replies reach the log; the driver drops the replies that
+/// nobody streams.
+fn start(core: &mut Core, progress: &mut Progress, req: Request, stream: bool) -> OpId {
+    let now = Instant::now();
+    if !Progress::enabled() {
+        return if stream {
+            core.start_streaming(req, now)
+        } else {
+            core.start(req, now)
+        };
+    }
+    let what = progress::describe(&req, core.id());
+    let queries = core.stats().lookup_queries;
+    let op = core.start_streaming(req, now);
+    progress.started(op, what, queries, now);
+    op
 }

@@ -126,6 +126,46 @@ pub const ERROR_BUSY: i64 = 482;
 /// natkit error: bad signature, stale `seq` or `ts`, or a replay.
 pub const ERROR_REFUSED: i64 = 483;
 
+/// What an error code from a rendezvous node or a recipient means, in words: natkit's 480-483,
+/// else [`crate::krpc::error_name`] (204 from a node that is not a natkit node, say).
+///
+/// ```
+/// use natkit_dht::rendezvous::{ERROR_NOT_REGISTERED, error_name};
+///
+/// assert_eq!(error_name(ERROR_NOT_REGISTERED), "no rendezvous node knows the recipient");
+/// assert_eq!(error_name(204), "method unknown");
+/// ```
+pub fn error_name(code: i64) -> &'static str {
+    match code {
+        ERROR_NOT_REGISTERED => "no rendezvous node knows the recipient",
+        ERROR_UNDELIVERED => "the recipient or the next hop did not answer",
+        ERROR_BUSY => "busy (rate limit or capacity reached; try later)",
+        ERROR_REFUSED => "refused (bad signature, stale timestamp or a replay)",
+        other => crate::krpc::error_name(other),
+    }
+}
+
+/// The error codes of the nodes tried, in words, one entry per code in the order first seen:
+/// `[480, 480, 481]` is "no rendezvous node knows the recipient (480) from 2 nodes, the
+/// recipient or the next hop did not answer (481) from 1 node". Empty for no codes.
+pub fn describe_errors(codes: &[i64]) -> String {
+    let mut counted: Vec<(i64, usize)> = Vec::new();
+    for &code in codes {
+        match counted.iter_mut().find(|(c, _)| *c == code) {
+            Some((_, n)) => *n += 1,
+            None => counted.push((code, 1)),
+        }
+    }
+    counted
+        .iter()
+        .map(|&(code, n)| {
+            let nodes = if n == 1 { "node" } else { "nodes" };
+            format!("{} ({code}) from {n} {nodes}", error_name(code))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The DHT id a key's rendezvous nodes are close to: SHA-1 of a domain string and the key.
 pub fn target(key: &[u8; PUBLIC_KEY_BYTES]) -> Id {
     let mut h = Sha1::new();

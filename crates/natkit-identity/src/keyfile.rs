@@ -7,7 +7,8 @@
 //! ed25519-seed: 0b1c…(64 lowercase hex digits)
 //! ```
 //!
-//! Lines starting with `#` and blank lines are ignored. A key file must be
+//! Lines starting with `#` and blank lines are ignored. A key file must be a
+//! regular file (not a directory, a device such as `/dev/null` or a fifo),
 //! readable by its owner only (Unix mode `0600` or stricter): a file that the
 //! group or others can read is refused, as ssh does, because anyone who can read
 //! it can impersonate the node. New files are created with mode `0600` and never
@@ -46,6 +47,18 @@ pub enum KeyFileError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The path is not a regular file (a directory, a device such as
+    /// `/dev/null`, a fifo, a socket). Checked before the permissions, so that
+    /// nobody is told to `chmod` a device.
+    #[error(
+        "key file {path} is not a regular file (it is {kind}); give --key the path of a key file"
+    )]
+    NotRegularFile {
+        /// The path given.
+        path: PathBuf,
+        /// What it is instead ("a directory", "a character device", ...).
+        kind: &'static str,
+    },
     /// The file is not a natkit key file.
     #[error("key file {path} is malformed: {why}")]
     Malformed {
@@ -69,6 +82,7 @@ pub fn load(path: &Path) -> Result<Keypair, KeyFileError> {
         source,
     };
     let meta = fs::metadata(path).map_err(io_err)?;
+    check_file_type(path, &meta)?;
     check_permissions(path, &meta)?;
     if meta.len() > MAX_KEY_FILE_BYTES {
         return Err(malformed(path, "too large to be a key file"));
@@ -173,6 +187,42 @@ fn malformed(path: &Path, why: &'static str) -> KeyFileError {
     }
 }
 
+/// Refuses anything but a regular file (symbolic links are followed).
+fn check_file_type(path: &Path, meta: &fs::Metadata) -> Result<(), KeyFileError> {
+    if meta.is_file() {
+        return Ok(());
+    }
+    Err(KeyFileError::NotRegularFile {
+        path: path.to_path_buf(),
+        kind: file_kind(&meta.file_type()),
+    })
+}
+
+/// What a file that is not a regular file is, in words.
+fn file_kind(t: &fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
+        }
+        if t.is_fifo() {
+            return "a fifo";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if t.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
 #[cfg(unix)]
 fn check_permissions(path: &Path, meta: &fs::Metadata) -> Result<(), KeyFileError> {
     use std::os::unix::fs::PermissionsExt;
@@ -183,17 +233,11 @@ fn check_permissions(path: &Path, meta: &fs::Metadata) -> Result<(), KeyFileErro
             mode,
         });
     }
-    if !meta.is_file() {
-        return Err(malformed(path, "not a regular file"));
-    }
     Ok(())
 }
 
 #[cfg(not(unix))]
-fn check_permissions(path: &Path, meta: &fs::Metadata) -> Result<(), KeyFileError> {
-    if !meta.is_file() {
-        return Err(malformed(path, "not a regular file"));
-    }
+fn check_permissions(_path: &Path, _meta: &fs::Metadata) -> Result<(), KeyFileError> {
     Ok(())
 }
 
@@ -236,6 +280,45 @@ mod tests {
             load(&path),
             Err(KeyFileError::InsecurePermissions { mode: 0o644, .. })
         ));
+    }
+
+    #[test]
+    fn a_path_that_is_not_a_regular_file_is_refused_as_such() {
+        // Checked before the permissions: /dev/null is mode 666, and telling
+        // root to chmod it would break the system.
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .is_ok_and(|s| s.success());
+        let mut cases = vec![
+            (PathBuf::from("/dev/null"), "a character device"),
+            (dir.path().to_path_buf(), "a directory"),
+        ];
+        if made {
+            fs::set_permissions(&fifo, fs::Permissions::from_mode(0o666)).unwrap();
+            cases.push((fifo, "a fifo"));
+        }
+        for (path, what) in cases {
+            let err = load(&path).unwrap_err();
+            assert!(
+                matches!(err, KeyFileError::NotRegularFile { kind, .. } if kind == what),
+                "{}: {err}",
+                path.display()
+            );
+            let text = err.to_string();
+            assert!(!text.contains("chmod"), "{text}");
+            assert!(
+                matches!(
+                    load_or_create(&path),
+                    Err(KeyFileError::NotRegularFile { .. })
+                ),
+                "{}",
+                path.display()
+            );
+        }
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //! node's id: everything else (connections, UNLs, DHT records) is authenticated
 //! against it. Users see and type the id in its text form: 52 characters of
 //! lowercase RFC 4648 base32 without padding (case-insensitive on input).
+//! Parsing also accepts the 64 hexadecimal digits of the ed25519 public key,
+//! the form other BEP 44 tools print, and explains that a 40-hex-digit DHT id
+//! is not a public key.
 //!
 //! # Layout
 //! - [`Keypair`]: the secret identity; signs.
@@ -43,6 +46,12 @@ pub const PUBLIC_KEY_BYTES: usize = 32;
 pub const SIGNATURE_BYTES: usize = 64;
 /// Length in characters of a node id's text form.
 pub const NODE_ID_TEXT_LEN: usize = 52;
+/// Length in characters of a public key in hexadecimal (also accepted as a
+/// node id).
+pub const PUBLIC_KEY_HEX_LEN: usize = 64;
+/// Length in hexadecimal digits of a 160-bit DHT id or target, which is
+/// not a public key: named so that parsing can say so.
+pub const DHT_ID_HEX_LEN: usize = 40;
 
 /// Errors from identity handling.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +166,48 @@ impl NodeId {
         VerifyingKey::from_bytes(&self.0)
     }
 
+    /// The public key as 64 lowercase hexadecimal digits (the form BEP 44
+    /// tools print).
+    pub fn to_hex(&self) -> String {
+        data_encoding::HEXLOWER.encode(self.as_bytes())
+    }
+
+    /// Parses a node id in either form: 52 base32 characters (as natkit
+    /// prints it) or 64 hexadecimal digits. Surrounding whitespace is ignored,
+    /// both forms are case-insensitive. A 40-hex-digit DHT id is refused with
+    /// an error that says it is not a public key. Same as [`str::parse`].
+    ///
+    /// ```
+    /// use natkit_identity::{Keypair, NodeId};
+    ///
+    /// let id = Keypair::from_seed([7; 32]).node_id();
+    /// assert_eq!(NodeId::parse_any(&id.to_string()).unwrap(), id);
+    /// assert_eq!(NodeId::parse_any(&id.to_hex().to_uppercase()).unwrap(), id);
+    /// let dht_id = "0123456789abcdef0123456789abcdef01234567";
+    /// assert!(NodeId::parse_any(dht_id).unwrap_err().to_string().contains("not a public key"));
+    /// ```
+    pub fn parse_any(text: &str) -> Result<Self, IdentityError> {
+        let s = text.trim();
+        let bad = |why| IdentityError::BadNodeIdText {
+            text: text.chars().take(80).collect(),
+            why,
+        };
+        let is_hex = !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+        let bytes = match s.len() {
+            NODE_ID_TEXT_LEN => base32::decode(s).map_err(|_| bad("not base32 (a-z, 2-7)"))?,
+            PUBLIC_KEY_HEX_LEN if is_hex => data_encoding::HEXLOWER_PERMISSIVE
+                .decode(s.as_bytes())
+                .map_err(|_| bad("not hexadecimal"))?,
+            DHT_ID_HEX_LEN if is_hex => return Err(bad(DHT_ID_IS_NOT_A_KEY)),
+            PUBLIC_KEY_HEX_LEN => return Err(bad("64 characters but not hexadecimal")),
+            _ => return Err(bad(EXPECTED_FORMS)),
+        };
+        let arr: [u8; PUBLIC_KEY_BYTES] = bytes
+            .try_into()
+            .map_err(|_| bad("expected 32 bytes of key"))?;
+        NodeId::from_bytes(&arr).map_err(|_| bad("not a valid ed25519 public key"))
+    }
+
     /// A short form for logs: the first 8 characters of the text form.
     pub fn short(&self) -> String {
         let mut s = self.to_string();
@@ -190,23 +241,17 @@ impl fmt::Debug for NodeId {
     }
 }
 
+const EXPECTED_FORMS: &str = "expected a node id: 52 base32 characters (as `natkit showid` prints it) or the 64 hex digits of an ed25519 public key";
+
+const DHT_ID_IS_NOT_A_KEY: &str = "40 hex digits is a DHT id (a routing id or a target), not a public key; \
+     give the node id (52 base32 characters, as `natkit showid` prints it) or the 64-hex-digit ed25519 public key";
+
 impl FromStr for NodeId {
     type Err = IdentityError;
 
+    /// [`NodeId::parse_any`]: base32 or hexadecimal.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |why| IdentityError::BadNodeIdText {
-            text: s.chars().take(80).collect(),
-            why,
-        };
-        let s = s.trim();
-        if s.len() != NODE_ID_TEXT_LEN {
-            return Err(bad("expected 52 base32 characters"));
-        }
-        let bytes = base32::decode(s).map_err(|_| bad("not base32 (a-z, 2-7)"))?;
-        let arr: [u8; PUBLIC_KEY_BYTES] = bytes
-            .try_into()
-            .map_err(|_| bad("expected 32 bytes of key"))?;
-        NodeId::from_bytes(&arr).map_err(|_| bad("not a valid ed25519 public key"))
+        NodeId::parse_any(s)
     }
 }
 
@@ -274,6 +319,47 @@ mod tests {
     }
 
     #[test]
+    fn hex_public_keys_are_node_ids_too() {
+        // RFC 8032 TEST 1's public key, in both forms and both cases.
+        let hex = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+        let id = NodeId::parse_any(hex).unwrap();
+        assert_eq!(id.to_hex(), hex);
+        assert_eq!(NodeId::parse_any(&hex.to_uppercase()).unwrap(), id);
+        assert_eq!(format!(" {hex}\n").parse::<NodeId>().unwrap(), id);
+        assert_eq!(NodeId::parse_any(&id.to_string()).unwrap(), id);
+    }
+
+    #[test]
+    fn a_dht_id_is_not_taken_for_a_public_key() {
+        let err = NodeId::parse_any("0123456789abcdef0123456789ABCDEF01234567").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("DHT id"), "{text}");
+        assert!(text.contains("not a public key"), "{text}");
+        // Other lengths and characters say what is expected.
+        for bad in [
+            "",
+            "xyz",
+            &"g".repeat(64),
+            &"ab".repeat(20).replace('a', "z"),
+        ] {
+            let text = NodeId::parse_any(bad).unwrap_err().to_string();
+            assert!(!text.contains("DHT id"), "{bad:?}: {text}");
+        }
+        let text = NodeId::parse_any("xyz").unwrap_err().to_string();
+        assert!(
+            text.contains("52 base32") && text.contains("64 hex"),
+            "{text}"
+        );
+        // 64 hex digits that are not a curve point (a small-order point here).
+        let mut weak = [0u8; 32];
+        weak[0] = 1;
+        let text = NodeId::parse_any(&data_encoding::HEXLOWER.encode(&weak))
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("not a valid ed25519 public key"), "{text}");
+    }
+
+    #[test]
     fn wrong_signature_is_refused() {
         let a = Keypair::from_seed([1; 32]);
         let b = Keypair::from_seed([2; 32]);
@@ -303,6 +389,13 @@ mod tests {
         #[test]
         fn parse_never_panics(s in ".{0,80}") {
             let _ = s.parse::<NodeId>();
+        }
+
+        #[test]
+        fn hex_and_base32_forms_agree(seed in any::<[u8; 32]>()) {
+            let id = Keypair::from_seed(seed).node_id();
+            prop_assert_eq!(NodeId::parse_any(&id.to_hex()).unwrap(), id);
+            prop_assert_eq!(id.to_hex().len(), PUBLIC_KEY_HEX_LEN);
         }
     }
 }

@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 mod dial;
 mod wire;
 
-pub use wire::{MAX_BINARY_BYTES, MAX_TEXT_CHARS, TEXT_PREFIX, VERSION};
+pub use wire::{MAX_BINARY_BYTES, MAX_TEXT_CHARS, TEXT_PREFIX, VERSION, text_len};
 
 /// Most candidate addresses a UNL may carry. Enough for LAN IPv4 and IPv6, an
 /// observed address, a mapped one and a manual one with room to spare, while
@@ -72,16 +72,43 @@ pub enum UnlError {
         /// The limit.
         max: usize,
     },
-    /// A character outside the base32 alphabet, or an impossible length.
-    #[error("UNL text is not valid base32 (a-z, 2-7) at character {position}")]
-    BadEncoding {
-        /// Position in the text, counting the prefix.
+    /// A character that is not in the base32 alphabet (`a-z`, `2-7`).
+    #[error(
+        "UNL has a character that cannot be in a UNL at position {position}: {character:?} (after \"{TEXT_PREFIX}\" a UNL has only a-z and 2-7)"
+    )]
+    BadCharacter {
+        /// Position of the character in the text, counting from 1 and
+        /// counting the prefix.
         position: usize,
+        /// The character.
+        character: char,
     },
-    /// The checksum does not match: most likely a typo or a truncated copy.
-    #[error("UNL checksum mismatch (typo or incomplete copy?)")]
+    /// The text is shorter than the UNL its first characters describe: a
+    /// copy that was cut short.
+    #[error(
+        "UNL is incomplete: it has {len} characters, and the UNL it starts needs at least {needs} (cut short when copied?)"
+    )]
+    Incomplete {
+        /// Characters given.
+        len: usize,
+        /// Characters the UNL needs, as far as its first characters tell.
+        needs: usize,
+    },
+    /// The text is longer than the UNL its first characters describe.
+    #[error(
+        "UNL has {len} characters, but its fields fill {expected}: extra characters at its end, or a typo"
+    )]
+    ExtraCharacters {
+        /// Characters given.
+        len: usize,
+        /// Characters the UNL has, by its header and counts.
+        expected: usize,
+    },
+    /// The checksum does not match although the length is right: a
+    /// character is wrong.
+    #[error("UNL checksum does not match: a character is wrong (a typo?)")]
     BadChecksum,
-    /// The data ends before the field that was being read.
+    /// The binary form ends before the field that was being read.
     #[error("UNL is truncated: {field} is missing")]
     Truncated {
         /// The field that could not be read.

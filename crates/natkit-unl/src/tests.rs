@@ -70,34 +70,96 @@ fn swapped_neighbours_are_caught() {
 
 #[test]
 fn typed_errors() {
-    let good = sample().emit();
     assert_eq!(Unl::parse(""), Err(UnlError::MissingPrefix));
     assert_eq!(Unl::parse("hello"), Err(UnlError::MissingPrefix));
-    assert!(matches!(
+    assert_eq!(
         Unl::parse("nk!!"),
-        Err(UnlError::BadEncoding { position: 2 })
-    ));
+        Err(UnlError::BadCharacter {
+            position: 3,
+            character: '!'
+        })
+    );
     assert!(matches!(
         Unl::parse(&"nk".repeat(400)),
         Err(UnlError::TooLong { .. })
     ));
     assert_eq!(
         Unl::parse("nkaaaa"),
-        Err(UnlError::Truncated { field: "checksum" })
+        Err(UnlError::Incomplete {
+            len: 6,
+            needs: text_len(39)
+        })
     );
-    // Every truncated copy is refused (by the checksum, or earlier by the
-    // base32 length and trailing-bit rules).
-    for cut in 1..good.len() - 2 {
-        assert!(
-            matches!(
-                Unl::parse(&good[..good.len() - cut]),
-                Err(UnlError::BadChecksum
-                    | UnlError::BadEncoding { .. }
-                    | UnlError::Truncated { .. })
-            ),
-            "cut {cut}"
+}
+
+#[test]
+fn a_cut_copy_is_reported_as_incomplete() {
+    // Every truncated copy is refused as incomplete, never as a bad character
+    // or a typo; once the counts and entry tags are there, with the full length.
+    for good in [sample().emit(), longest_unl().emit()] {
+        for len in 2..good.len() {
+            let err = Unl::parse(&good[..len]).unwrap_err();
+            let UnlError::Incomplete { len: l, needs } = err else {
+                panic!("cut to {len}: {err}");
+            };
+            assert_eq!(l, len);
+            assert!(needs > len && needs <= good.len(), "cut to {len}: {err}");
+            if len >= good.len() - 8 {
+                assert_eq!(needs, good.len(), "cut to {len}");
+            }
+        }
+    }
+    // The case from the issue: the docs' first vector cut to 60 characters.
+    let v1 = "nkccfiry65oqe7dfp5klns2pf2lvzmuzyjx4ozieq36n2iqanub5xvyitk7wdmaiaabiaacawfiqa4wadrblcuirrfsria";
+    let text = Unl::parse(&v1[..60]).unwrap_err().to_string();
+    assert!(
+        text.contains("incomplete") && text.contains("60 characters"),
+        "{text}"
+    );
+    assert!(!text.contains("base32"), "{text}");
+}
+
+#[test]
+fn bad_characters_extra_characters_and_typos_are_told_apart() {
+    let good = sample().emit();
+    // A character outside the alphabet: its position (from 1) and itself.
+    for (at, c) in [(10, '1'), (40, '8'), (good.len() - 1, 'é'), (2, ' ')] {
+        let mut t: Vec<char> = good.chars().collect();
+        t[at] = c;
+        let t: String = t.into_iter().collect();
+        assert_eq!(
+            Unl::parse(&t),
+            Err(UnlError::BadCharacter {
+                position: at + 1,
+                character: c
+            }),
+            "{t}"
         );
     }
+    let shown = Unl::parse("nkab\u{1b}[31m").unwrap_err().to_string();
+    assert!(
+        shown.contains("position 5") && shown.contains("\\u{1b}"),
+        "{shown}"
+    );
+    // Extra characters at the end.
+    for extra in ["a", "aaaaaaaa", "q"] {
+        let t = format!("{good}{extra}");
+        assert_eq!(
+            Unl::parse(&t),
+            Err(UnlError::ExtraCharacters {
+                len: t.len(),
+                expected: good.len()
+            }),
+            "{t}"
+        );
+    }
+    // A typo that keeps the length (in a field that does not change it).
+    let mut t = good.clone().into_bytes();
+    t[70] = if t[70] == b'a' { b'b' } else { b'a' };
+    assert_eq!(
+        Unl::parse(std::str::from_utf8(&t).unwrap()),
+        Err(UnlError::BadChecksum)
+    );
 }
 
 /// Builds text from raw binary with a correct checksum, to reach the decoder's
@@ -197,8 +259,8 @@ fn limits_are_enforced_when_building() {
     assert!(Unl::parse(&u.emit()).is_err());
 }
 
-#[test]
-fn longest_unl_fits_the_text_limit() {
+/// The largest UNL the format allows: docs/unl.md lists what it holds.
+fn longest_unl() -> Unl {
     let k = key(5);
     let mut u = Unl::new(k.node_id());
     for i in 0..MAX_ADDRS {
@@ -219,11 +281,36 @@ fn longest_unl_fits_the_text_limit() {
         .unwrap();
     }
     u.nat = NatType::Incrementing { delta: -3 };
+    u.timestamp = u32::MAX;
     u.sign(&k).unwrap();
+    u
+}
+
+#[test]
+fn the_longest_unl_is_exactly_the_documented_maximum() {
+    let u = longest_unl();
     assert_eq!(u.encode().len(), MAX_BINARY_BYTES);
+    assert_eq!(MAX_BINARY_BYTES, 333);
     let text = u.emit();
-    assert!(text.len() <= MAX_TEXT_CHARS);
+    assert_eq!(text.len(), MAX_TEXT_CHARS);
+    assert_eq!(MAX_TEXT_CHARS, 542);
     assert_eq!(Unl::parse(&text).unwrap(), u);
+    // docs/unl.md states both numbers.
+    let doc = include_str!("../../../docs/unl.md");
+    assert!(doc.contains(&format!("at most {MAX_TEXT_CHARS} characters")));
+    assert!(doc.contains(&format!("is {MAX_BINARY_BYTES} bytes")));
+    // One character more is refused before decoding.
+    assert!(matches!(
+        Unl::parse(&format!("{text}a")),
+        Err(UnlError::TooLong { len: 543, max: 542 })
+    ));
+}
+
+#[test]
+fn the_smallest_unl_has_the_documented_length() {
+    let u = Unl::new(key(3).node_id());
+    assert_eq!(u.emit().len(), text_len(39));
+    assert_eq!(text_len(39), 71);
 }
 
 // ---- test vectors in docs/unl.md --------------------------------------------

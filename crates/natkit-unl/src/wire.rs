@@ -33,18 +33,30 @@ const TAG_V6: u8 = 0x80;
 const CHECKSUM_BYTES: usize = 4;
 const ENTRY_V6_BYTES: usize = 1 + 16 + 2;
 
-/// Largest possible binary UNL.
-pub const MAX_BINARY_BYTES: usize = 1
-    + PUBLIC_KEY_BYTES
-    + 1
-    + 2
-    + 4
-    + 1
-    + (MAX_ADDRS + MAX_RENDEZVOUS) * ENTRY_V6_BYTES
-    + SIGNATURE_BYTES;
+/// Largest possible binary UNL: the fixed fields, a delta, [`MAX_ADDRS`]
+/// IPv6 addresses, [`MAX_RENDEZVOUS`] IPv6 rendezvous points and a signature
+/// (333 bytes).
+pub const MAX_BINARY_BYTES: usize =
+    FIXED_BYTES + DELTA_BYTES + (MAX_ADDRS + MAX_RENDEZVOUS) * ENTRY_V6_BYTES + SIGNATURE_BYTES;
 
-/// Longest possible UNL text. Longer input is refused before any decoding.
-pub const MAX_TEXT_CHARS: usize = 2 + (MAX_BINARY_BYTES + CHECKSUM_BYTES).div_ceil(5) * 8;
+/// Longest possible UNL text: the text form of [`MAX_BINARY_BYTES`] (542
+/// characters). Longer input is refused before any decoding.
+pub const MAX_TEXT_CHARS: usize = text_len(MAX_BINARY_BYTES);
+
+/// Header, public key, types, timestamp and counts: what every UNL has.
+const FIXED_BYTES: usize = 1 + PUBLIC_KEY_BYTES + 1 + 4 + 1;
+/// The port delta of an `incrementing` NAT.
+const DELTA_BYTES: usize = 2;
+/// Smallest binary UNL: a key and nothing else.
+const MIN_BINARY_BYTES: usize = FIXED_BYTES;
+const ENTRY_V4_BYTES: usize = 1 + 4 + 2;
+
+/// Length of the text form of a binary UNL of `binary` bytes: the prefix
+/// and the base32 (5 bits a character, no padding) of the bytes and the
+/// checksum.
+pub const fn text_len(binary: usize) -> usize {
+    TEXT_PREFIX.len() + ((binary + CHECKSUM_BYTES) * 8).div_ceil(5)
+}
 
 pub(crate) fn emit_text(unl: &Unl) -> String {
     let mut bin = encode(unl);
@@ -59,28 +71,113 @@ pub(crate) fn emit_text(unl: &Unl) -> String {
 pub(crate) fn parse_text(text: &str) -> Result<Unl, UnlError> {
     let text = text.trim();
     if text.len() > MAX_TEXT_CHARS {
-        return Err(UnlError::TooLong {
-            len: text.len(),
-            max: MAX_TEXT_CHARS,
-        });
+        let len = text.chars().count();
+        if len > MAX_TEXT_CHARS {
+            return Err(UnlError::TooLong {
+                len,
+                max: MAX_TEXT_CHARS,
+            });
+        }
     }
     let body = text
         .get(..TEXT_PREFIX.len())
         .filter(|p| p.eq_ignore_ascii_case(TEXT_PREFIX))
         .and_then(|_| text.get(TEXT_PREFIX.len()..))
         .ok_or(UnlError::MissingPrefix)?;
-    let bin = base32::decode(body).map_err(|e| UnlError::BadEncoding {
-        position: TEXT_PREFIX.len() + e.position,
-    })?;
-    let split = bin
-        .len()
-        .checked_sub(CHECKSUM_BYTES)
-        .ok_or(UnlError::Truncated { field: "checksum" })?;
-    let (data, crc) = bin.split_at(split);
-    if crc32fast::hash(data).to_be_bytes() != crc {
-        return Err(UnlError::BadChecksum);
+    if let Some((i, character)) = body.chars().enumerate().find(|(_, c)| !is_base32(*c)) {
+        return Err(UnlError::BadCharacter {
+            position: TEXT_PREFIX.len() + i + 1,
+            character,
+        });
     }
-    decode(data)
+    // Every character is in the alphabet now: decoding fails only on a length
+    // no byte string has, or on non-zero trailing bits (a cut or a typo in the
+    // last character); `diagnose` tells which.
+    let bin = base32::decode(body).unwrap_or_default();
+    let split = bin.len().checked_sub(CHECKSUM_BYTES);
+    match split.map(|at| bin.split_at(at)) {
+        Some((data, crc)) if crc32fast::hash(data).to_be_bytes() == crc => decode(data),
+        _ => Err(diagnose(text.len(), body)),
+    }
+}
+
+fn is_base32(c: char) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_uppercase() || ('2'..='7').contains(&c)
+}
+
+/// What is wrong with a text of `len` characters (all in the alphabet) that
+/// does not decode to bytes with a matching checksum: it is shorter than its
+/// own header says (cut when copied), longer (extra characters), or a
+/// character in it is wrong.
+fn diagnose(len: usize, body: &str) -> UnlError {
+    // Whole groups of 8 characters (5 bytes) always decode.
+    let whole = body.len() / 8 * 8;
+    let start = body.get(..whole).and_then(|b| base32::decode(b).ok());
+    match start.and_then(|b| needed_bytes(&b)) {
+        Some(Needed::AtLeast(n)) if len < text_len(n) => UnlError::Incomplete {
+            len,
+            needs: text_len(n),
+        },
+        Some(Needed::Exactly(n)) if len < text_len(n) => UnlError::Incomplete {
+            len,
+            needs: text_len(n),
+        },
+        Some(Needed::Exactly(n)) if len > text_len(n) => UnlError::ExtraCharacters {
+            len,
+            expected: text_len(n),
+        },
+        _ => UnlError::BadChecksum,
+    }
+}
+
+/// How long a binary UNL is, as far as its first bytes tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Needed {
+    /// The bytes end before the field that fixes the length: at least this.
+    AtLeast(usize),
+    /// The header, types, counts and every entry tag were there: exactly this.
+    Exactly(usize),
+}
+
+/// The length of the binary UNL that starts with `bytes` (without the
+/// checksum), read from its header, types, counts and entry tags; `None` if
+/// those are not a UNL's (a typo in them).
+fn needed_bytes(bytes: &[u8]) -> Option<Needed> {
+    let Some(&header) = bytes.first() else {
+        return Some(Needed::AtLeast(MIN_BINARY_BYTES));
+    };
+    if header >> 4 != VERSION || header & 0x0f & !FLAG_SIGNED != 0 {
+        return None;
+    }
+    let sig = if header & FLAG_SIGNED != 0 {
+        SIGNATURE_BYTES
+    } else {
+        0
+    };
+    let Some(&types) = bytes.get(1 + PUBLIC_KEY_BYTES) else {
+        return Some(Needed::AtLeast(MIN_BINARY_BYTES + sig));
+    };
+    let delta = if types & 0x07 == 3 { DELTA_BYTES } else { 0 };
+    let counts_at = FIXED_BYTES - 1 + delta;
+    let Some(&counts) = bytes.get(counts_at) else {
+        return Some(Needed::AtLeast(FIXED_BYTES + delta + sig));
+    };
+    let (na, nr) = (usize::from(counts >> 4), usize::from(counts & 0x0f));
+    if na > MAX_ADDRS || nr > MAX_RENDEZVOUS {
+        return None;
+    }
+    let mut need = FIXED_BYTES + delta;
+    for left in (1..=na + nr).rev() {
+        let Some(&tag) = bytes.get(need) else {
+            return Some(Needed::AtLeast(need + left * ENTRY_V4_BYTES + sig));
+        };
+        need += if tag & TAG_V6 != 0 {
+            ENTRY_V6_BYTES
+        } else {
+            ENTRY_V4_BYTES
+        };
+    }
+    Some(Needed::Exactly(need + sig))
 }
 
 /// The bytes a signature covers: a domain tag and the binary form without the

@@ -55,6 +55,31 @@ pub const ERROR_CAS_MISMATCH: i64 = 301;
 /// BEP 44 error 302: `seq` lower than the stored one.
 pub const ERROR_SEQ_TOO_LOW: i64 = 302;
 
+/// What a KRPC error code means, in words, for messages to users: BEP 5's 201-204 and BEP
+/// 44's 205-207, 301 and 302; "unknown error" for any other code (natkit's rendezvous codes are
+/// named by [`crate::rendezvous::error_name`]).
+///
+/// ```
+/// use natkit_dht::krpc::{ERROR_METHOD_UNKNOWN, error_name};
+///
+/// assert_eq!(error_name(ERROR_METHOD_UNKNOWN), "method unknown");
+/// assert_eq!(error_name(999), "unknown error");
+/// ```
+pub fn error_name(code: i64) -> &'static str {
+    match code {
+        ERROR_GENERIC => "generic error",
+        ERROR_SERVER => "server error",
+        ERROR_PROTOCOL => "protocol error",
+        ERROR_METHOD_UNKNOWN => "method unknown",
+        ERROR_VALUE_TOO_BIG => "value too big",
+        ERROR_INVALID_SIGNATURE => "invalid signature",
+        ERROR_SALT_TOO_BIG => "salt too big",
+        ERROR_CAS_MISMATCH => "the stored item changed (cas mismatch)",
+        ERROR_SEQ_TOO_LOW => "a newer item is stored (seq too low)",
+        _ => "unknown error",
+    }
+}
+
 /// One KRPC datagram.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {

@@ -235,3 +235,47 @@ fn targets_are_distinct_per_key_and_from_the_service_hash() {
     assert_ne!(a, b);
     assert_ne!(a, service_info_hash());
 }
+
+#[test]
+fn error_codes_are_named_and_counted() {
+    assert_eq!(
+        describe_errors(&[ERROR_NOT_REGISTERED, ERROR_NOT_REGISTERED]),
+        "no rendezvous node knows the recipient (480) from 2 nodes"
+    );
+    assert_eq!(
+        describe_errors(&[
+            ERROR_UNDELIVERED,
+            crate::krpc::ERROR_METHOD_UNKNOWN,
+            ERROR_UNDELIVERED
+        ]),
+        "the recipient or the next hop did not answer (481) from 2 nodes, method unknown (204) from 1 node"
+    );
+    assert_eq!(describe_errors(&[]), "");
+    for code in [
+        ERROR_NOT_REGISTERED,
+        ERROR_UNDELIVERED,
+        ERROR_BUSY,
+        ERROR_REFUSED,
+        201,
+        202,
+        203,
+        204,
+        205,
+        206,
+        207,
+        301,
+        302,
+    ] {
+        assert_ne!(error_name(code), "unknown error", "{code}");
+    }
+    assert_eq!(error_name(-1), "unknown error");
+    let e = crate::dht::DhtError::NotDelivered {
+        errors: vec![ERROR_NOT_REGISTERED, ERROR_NOT_REGISTERED],
+    };
+    assert_eq!(
+        e.to_string(),
+        "message not delivered: no rendezvous node knows the recipient (480) from 2 nodes"
+    );
+    let e = crate::dht::DhtError::NotDelivered { errors: vec![] };
+    assert!(e.to_string().contains("no rendezvous node found"), "{e}");
+}
