@@ -117,10 +117,20 @@ async fn bootstrap_and_find_node_both_ways() {
             table.len() >= 4,
             "libtorrent learned only {table:?} from natkit"
         );
-        // natkit's lookups find the spawned libtorrent node (it queried natkit nodes) ...
+        // natkit neither names nor asks a node it knows only from its queries (they may be
+        // spoofed): the spawned node has queried natkit nodes but never answered one, and no
+        // libtorrent node knows it, so natkit's lookups do not return it ...
         let l_id = lt.ids().await[l];
         let l_port: u16 = spawned["port"].parse().expect("port");
         let found = net.nodes[4].find_node(l_id).await.expect("find_node");
+        assert!(
+            found.iter().all(|n| n.id != l_id),
+            "a node that never answered was handed out: {found:?}"
+        );
+        // ... until it has answered one: a natkit node bootstrapping from it finds it, and
+        // from then on names it.
+        let b = natkit_node(&[SocketAddr::from(([127, 0, 0, 1], l_port))]).await;
+        let found = b.find_node(l_id).await.expect("find_node");
         assert_eq!(
             found.first().map(|n| (n.id, n.addr.port())),
             Some((l_id, l_port))
@@ -128,7 +138,6 @@ async fn bootstrap_and_find_node_both_ways() {
         // ... and with one natkit node bridging the two groups, a natkit lookup that starts at
         // the spawned libtorrent node crosses both implementations to the right nodes.
         let bridge = natkit_node(&[lt.addr(0), net.nodes[0].local_addr()]).await;
-        let b = natkit_node(&[SocketAddr::from(([127, 0, 0, 1], l_port))]).await;
         let found = b.find_node(lt_ids[2]).await.expect("find_node");
         assert_eq!(found.first().map(|n| n.id), Some(lt_ids[2]));
         let found = b.find_node(natkit_ids[3]).await.expect("find_node");
