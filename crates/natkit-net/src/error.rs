@@ -30,6 +30,19 @@ pub enum NetError {
         /// Why.
         source: std::io::Error,
     },
+    /// A dial that must leave from the listen port (hole punching,
+    /// [`Net::connect_with_role`](crate::Net::connect_with_role)) could not: the
+    /// kernel refused to share it (the 4-tuple to this peer is taken, or the
+    /// port cannot be reused).
+    #[error("cannot dial {addr} from the listen port {local}: {source}")]
+    PortReuse {
+        /// The peer.
+        addr: SocketAddr,
+        /// Our listen address.
+        local: SocketAddr,
+        /// The kernel's refusal.
+        source: std::io::Error,
+    },
     /// Something took longer than its configured limit.
     #[error("{what} with {addr} timed out after {secs:.1} s")]
     Timeout {

@@ -145,24 +145,44 @@ impl Net {
 
     /// Connects to `addr`, expecting the node `expected` there (from its UNL),
     /// and returns the connection once the handshake succeeded. If a connection
-    /// to that node exists already, returns it.
+    /// to that node exists already, returns it. The dial leaves from the listen
+    /// port (so the peer and NATs see one port for us) unless the kernel refuses
+    /// it, then from a fresh port (logged at `info`).
     pub async fn connect(
         &self,
         addr: SocketAddr,
         expected: NodeId,
     ) -> Result<Connection, NetError> {
-        self.connect_with_role(addr, expected, Role::Initiator)
-            .await
+        self.dial(
+            addr,
+            expected,
+            Role::Initiator,
+            socket::DialFrom::ListenPortOrFresh,
+        )
+        .await
     }
 
     /// Like [`connect`](Net::connect), with the handshake role given: after a
     /// TCP simultaneous open both sides dialed, and exactly one must be the
-    /// initiator (hole punching decides it from the UNLs).
+    /// initiator (hole punching decides it from the UNLs). The dial leaves from
+    /// the listen port or fails with [`NetError::PortReuse`]: from any other
+    /// port it could not meet the peer's dial.
     pub async fn connect_with_role(
         &self,
         addr: SocketAddr,
         expected: NodeId,
         role: Role,
+    ) -> Result<Connection, NetError> {
+        self.dial(addr, expected, role, socket::DialFrom::ListenPort)
+            .await
+    }
+
+    async fn dial(
+        &self,
+        addr: SocketAddr,
+        expected: NodeId,
+        role: Role,
+        from: socket::DialFrom,
     ) -> Result<Connection, NetError> {
         let inner = &self.inner;
         if expected == self.node_id() {
@@ -190,11 +210,19 @@ impl Net {
         };
         let span = tracing::info_span!("dial", peer = %expected.short(), %addr);
         async {
+            let local = inner.local_addr;
             let (mut stream, fresh_port) =
-                socket::connect(inner.local_addr, addr, inner.config.connect_timeout)
+                socket::connect(local, addr, inner.config.connect_timeout, from)
                     .await
                     .map_err(|source| {
-                        if source.kind() == std::io::ErrorKind::TimedOut {
+                        if from == socket::DialFrom::ListenPort && socket::is_port_refused(&source)
+                        {
+                            NetError::PortReuse {
+                                addr,
+                                local,
+                                source,
+                            }
+                        } else if source.kind() == std::io::ErrorKind::TimedOut {
                             NetError::Timeout {
                                 what: "connect",
                                 addr,
@@ -205,7 +233,7 @@ impl Net {
                         }
                     })?;
             if fresh_port {
-                tracing::debug!("dialed from a fresh port (listen port's 4-tuple was taken)");
+                tracing::info!("dialed from a fresh port (listen port's 4-tuple was taken)");
             }
             let opts = HandshakeOptions {
                 local: &inner.local,

@@ -34,23 +34,38 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(s.into())
 }
 
-/// Connects to `peer` from `local` (port reuse). If the kernel says the
-/// 4-tuple is taken (`EADDRNOTAVAIL`) or the local port cannot be shared
-/// (`EADDRINUSE`), dials again from a fresh port. Returns the stream and
-/// whether the fallback was used.
+/// Where a dial may leave from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DialFrom {
+    /// The listen port and nothing else: a hole-punching dial (TCP simultaneous open) from any
+    /// other port cannot meet the peer's, and would mislead NAT measurement. If the kernel
+    /// refuses the port, the dial fails with that error.
+    ListenPort,
+    /// The listen port if the kernel allows it, else a fresh port (the 4-tuple to this peer is
+    /// taken, e.g. by a connection still open): for ordinary dials.
+    ListenPortOrFresh,
+}
+
+/// Whether `e` is the kernel refusing to dial from a shared port: the 4-tuple is taken
+/// (`EADDRNOTAVAIL`) or the port cannot be shared (`EADDRINUSE`).
+pub fn is_port_refused(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::AddrNotAvailable || e.kind() == io::ErrorKind::AddrInUse
+}
+
+/// Connects to `peer` from `local` (port reuse). With [`DialFrom::ListenPortOrFresh`], if the
+/// kernel refuses the port ([`is_port_refused`]) it dials again from a fresh port. Returns
+/// the stream and whether the fresh port was used.
 pub async fn connect(
     local: SocketAddr,
     peer: SocketAddr,
     timeout: Duration,
+    from: DialFrom,
 ) -> io::Result<(TcpStream, bool)> {
     let attempt = async {
         match connect_from(Some(local), peer).await {
             Ok(s) => Ok((s, false)),
-            Err(e)
-                if e.kind() == io::ErrorKind::AddrNotAvailable
-                    || e.kind() == io::ErrorKind::AddrInUse =>
-            {
-                tracing::debug!(%peer, error = %e, "port reuse refused; dialing from a fresh port");
+            Err(e) if from == DialFrom::ListenPortOrFresh && is_port_refused(&e) => {
+                tracing::info!(%peer, error = %e, "port reuse refused; dialing from a fresh port");
                 connect_from(None, peer).await.map(|s| (s, true))
             }
             Err(e) => Err(e),
@@ -106,16 +121,25 @@ mod tests {
         let t = Duration::from_secs(5);
 
         // First dial: from our listen port.
-        let (first, fresh) = connect(local, server_addr, t).await.unwrap();
+        let (first, fresh) = connect(local, server_addr, t, DialFrom::ListenPortOrFresh)
+            .await
+            .unwrap();
         assert!(!fresh);
         assert_eq!(first.local_addr().unwrap(), local);
         let (_accepted, _) = server.accept().await.unwrap();
 
         // Same peer again while the first is open: the 4-tuple is taken, so
         // the kernel refuses, and we dial from a fresh port instead.
-        let (second, fresh) = connect(local, server_addr, t).await.unwrap();
+        let (second, fresh) = connect(local, server_addr, t, DialFrom::ListenPortOrFresh)
+            .await
+            .unwrap();
         assert!(fresh);
         assert_ne!(second.local_addr().unwrap().port(), local.port());
+
+        // A punch dial never leaves from another port: it fails with the kernel's word.
+        let punch = connect(local, server_addr, t, DialFrom::ListenPort).await;
+        let e = punch.expect_err("the listen port's 4-tuple is taken");
+        assert!(is_port_refused(&e), "{e:?}");
         drop(first);
     }
 
@@ -127,7 +151,8 @@ mod tests {
         let mut peers = Vec::new();
         for _ in 0..3 {
             let p = listen("127.0.0.1:0".parse().unwrap()).unwrap();
-            let (s, fresh) = connect(local, p.local_addr().unwrap(), Duration::from_secs(5))
+            let t = Duration::from_secs(5);
+            let (s, fresh) = connect(local, p.local_addr().unwrap(), t, DialFrom::ListenPort)
                 .await
                 .unwrap();
             assert!(!fresh);
