@@ -1,0 +1,3 @@
+//! Sans-I/O cores of natkit's NAT traversal.
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
