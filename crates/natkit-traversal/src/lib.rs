@@ -1,3 +1,6 @@
 //! Sans-I/O cores of natkit's NAT traversal.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
+
+pub mod plan;
+pub mod punch;
