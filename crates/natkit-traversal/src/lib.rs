@@ -2,5 +2,6 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod classify;
 pub mod plan;
 pub mod punch;
