@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+pub mod wire;
+
 /// Attempts per punch (DCUtR: 3; 97.6% of the successes measured in the
 /// wild came on the first).
 pub const MAX_PUNCH_ATTEMPTS: u8 = 3;
