@@ -3,5 +3,6 @@
 #![forbid(unsafe_code)]
 
 pub mod classify;
+pub mod limits;
 pub mod plan;
 pub mod punch;
