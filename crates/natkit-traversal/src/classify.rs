@@ -329,14 +329,21 @@ impl Classifier {
     }
 
     /// Records a dial-back result: `reporter` (at `reporter_ip`) tried to open
-    /// a connection to our listener and `succeeded` or not.
+    /// a connection to our listener and `succeeded` or not. A reporter on our
+    /// own network is refused: it reaches us without crossing the NAT.
     pub fn dial_back(
         &mut self,
         reporter: NodeId,
         reporter_ip: IpAddr,
         succeeded: bool,
         at: Instant,
-    ) {
+    ) -> Result<(), ClassifyError> {
+        if self.is_local_reporter(reporter_ip) {
+            return Err(ClassifyError::LocalReporter {
+                reporter,
+                ip: reporter_ip,
+            });
+        }
         if !self.dial_backs.contains_key(&reporter)
             && self.dial_backs.len() >= self.config.max_votes
         {
@@ -348,6 +355,7 @@ impl Classifier {
             at,
         };
         self.dial_backs.insert(reporter, result);
+        Ok(())
     }
 
     /// Drops expired votes and dial-back results.

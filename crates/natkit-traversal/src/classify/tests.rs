@@ -342,15 +342,16 @@ fn reachability_needs_two_reporter_ips_and_a_majority() {
     let t0 = Instant::now();
     let mut c = classifier();
     assert_eq!(c.reachability(t0), Reachability::Unknown);
-    c.dial_back(id(1), reporter_ip(1), true, t0);
+    c.dial_back(id(1), reporter_ip(1), true, t0).unwrap();
     assert_eq!(c.reachability(t0), Reachability::Unknown);
-    c.dial_back(id(2), reporter_ip(1), true, t0);
+    c.dial_back(id(2), reporter_ip(1), true, t0).unwrap();
     assert_eq!(c.reachability(t0), Reachability::Unknown, "one IP");
-    c.dial_back(id(3), reporter_ip(3), true, t0);
+    c.dial_back(id(3), reporter_ip(3), true, t0).unwrap();
     assert_eq!(c.reachability(t0), Reachability::Reachable);
-    c.dial_back(id(4), reporter_ip(4), false, t0);
+    c.dial_back(id(4), reporter_ip(4), false, t0).unwrap();
     assert_eq!(c.reachability(t0), Reachability::Reachable, "2 of 3");
-    c.dial_back(id(3), reporter_ip(3), false, t0 + Duration::from_secs(1));
+    c.dial_back(id(3), reporter_ip(3), false, t0 + Duration::from_secs(1))
+        .unwrap();
     assert_eq!(
         c.reachability(t0),
         Reachability::Unreachable,
@@ -364,6 +365,20 @@ fn reachability_needs_two_reporter_ips_and_a_majority() {
 }
 
 #[test]
+fn dial_backs_from_our_own_network_are_refused() {
+    let mut c = classifier();
+    let lan = "10.0.1.9".parse().unwrap();
+    let err = c.dial_back(id(1), lan, true, Instant::now()).unwrap_err();
+    assert_eq!(
+        err,
+        ClassifyError::LocalReporter {
+            reporter: id(1),
+            ip: lan
+        }
+    );
+}
+
+#[test]
 fn node_type_follows_reachability_then_the_tcp_class() {
     let t0 = Instant::now();
     let now = t0 + Duration::from_secs(5);
@@ -371,8 +386,8 @@ fn node_type_follows_reachability_then_the_tcp_class() {
     assert_eq!(c.node_type(now), NodeType::Unknown);
     feed(&mut c, &["203.0.113.10:50500"; 3], t0);
     assert_eq!(c.node_type(now), NodeType::HolePunch);
-    c.dial_back(id(1), reporter_ip(1), true, t0);
-    c.dial_back(id(2), reporter_ip(2), true, t0);
+    c.dial_back(id(1), reporter_ip(1), true, t0).unwrap();
+    c.dial_back(id(2), reporter_ip(2), true, t0).unwrap();
     assert_eq!(c.node_type(now), NodeType::Reachable);
 
     let mut c = classifier();

@@ -401,8 +401,8 @@ impl Punch {
     }
 
     fn check_attempt_limit(&self, attempt: u8) -> Result<(), PunchError> {
-        if attempt > self.config.max_attempts {
-            return Err(PunchError::TooManyAttempts {
+        if attempt == 0 || attempt > self.config.max_attempts {
+            return Err(PunchError::AttemptOutOfRange {
                 got: attempt,
                 max: self.config.max_attempts,
             });

@@ -325,7 +325,7 @@ fn unrelated_or_stale_messages_are_ignored() {
     drain(&mut r);
     assert_eq!(
         r.handle_message(&connect(4, alice_addrs()), t0),
-        Err(PunchError::TooManyAttempts { got: 4, max: 3 })
+        Err(PunchError::AttemptOutOfRange { got: 4, max: 3 })
     );
     assert!(matches!(
         r.handle_message(&reply(1), t0),
@@ -353,7 +353,10 @@ fn respond_needs_a_connect_within_the_attempt_limit() {
     ));
     let late = connect(9, alice_addrs());
     let err = Punch::respond(&late, &bob_addrs(), PunchConfig::default(), t0).unwrap_err();
-    assert_eq!(err, PunchError::TooManyAttempts { got: 9, max: 3 });
+    assert_eq!(err, PunchError::AttemptOutOfRange { got: 9, max: 3 });
+    let zero = connect(0, alice_addrs());
+    let err = Punch::respond(&zero, &bob_addrs(), PunchConfig::default(), t0).unwrap_err();
+    assert_eq!(err, PunchError::AttemptOutOfRange { got: 0, max: 3 });
     // A first Connect that was lost: the responder joins at attempt 2.
     let second = connect(2, alice_addrs());
     let p = Punch::respond(&second, &bob_addrs(), PunchConfig::default(), t0).unwrap();

@@ -128,9 +128,9 @@ pub enum PunchError {
         /// The message's.
         got: u8,
     },
-    /// An attempt number beyond [`PunchConfig::max_attempts`].
-    #[error("attempt {got} is beyond the limit of {max}")]
-    TooManyAttempts {
+    /// Attempt number 0, or one beyond [`PunchConfig::max_attempts`].
+    #[error("attempt {got} is outside 1..={max}")]
+    AttemptOutOfRange {
         /// The message's.
         got: u8,
         /// The limit.
