@@ -62,65 +62,60 @@ impl Tokens {
         }
     }
 
-    fn make(&self, generation: u64, ip: IpAddr) -> [u8; TOKEN_BYTES] {
+    /// SHA-1 over the secret of `generation` and the IP (and, for an address token, a domain
+    /// string and the port), cut to [`TOKEN_BYTES`].
+    fn make(&self, generation: u64, ip: IpAddr, port: Option<u16>) -> [u8; TOKEN_BYTES] {
         let mut h = Sha1::new();
+        if port.is_some() {
+            h.update(b"natkit address token");
+        }
         h.update(self.seed);
         h.update(generation.to_be_bytes());
         match ip.to_canonical() {
             IpAddr::V4(v4) => h.update(v4.octets()),
             IpAddr::V6(v6) => h.update(v6.octets()),
         }
+        if let Some(port) = port {
+            h.update(port.to_be_bytes());
+        }
         let digest: [u8; 20] = h.finalize().into();
         let mut out = [0u8; TOKEN_BYTES];
         out.copy_from_slice(&digest[..TOKEN_BYTES]);
         out
     }
 
+    /// Whether `token` was made for `ip` (and `port`) with the current or previous secret.
+    fn matches(&mut self, token: &[u8], ip: IpAddr, port: Option<u16>, now: Instant) -> bool {
+        self.rotate(now);
+        token == self.make(self.generation, ip, port)
+            || (self.generation > 0 && token == self.make(self.generation - 1, ip, port))
+    }
+
     /// The address token for `addr` at `now`: like a write token, but bound to the port too
-    /// and kept apart from write tokens by a domain byte. natkit hands it to natkit queriers in
-    /// the `nkt` key of its answers; a later query that echoes it proves that its sender
+    /// and kept apart from write tokens by a domain string. natkit hands it to natkit queriers
+    /// in the `nkt` key of its answers; a later query that echoes it proves that its sender
     /// receives what is sent to `addr`, which is what an answer to a ping proves (BEP 5's
     /// "good node"), without sending anything more toward `addr` than the answers to its own
     /// queries.
     pub fn address_token(&mut self, addr: SocketAddr, now: Instant) -> [u8; TOKEN_BYTES] {
         self.rotate(now);
-        self.make_for_address(self.generation, addr)
+        self.make(self.generation, addr.ip(), Some(addr.port()))
     }
 
     /// Whether `token` was handed to `addr` within the current or previous rotation.
     pub fn check_address(&mut self, token: &[u8], addr: SocketAddr, now: Instant) -> bool {
-        self.rotate(now);
-        token == self.make_for_address(self.generation, addr)
-            || (self.generation > 0 && token == self.make_for_address(self.generation - 1, addr))
-    }
-
-    fn make_for_address(&self, generation: u64, addr: SocketAddr) -> [u8; TOKEN_BYTES] {
-        let mut h = Sha1::new();
-        h.update(b"natkit address token");
-        h.update(self.seed);
-        h.update(generation.to_be_bytes());
-        match addr.ip().to_canonical() {
-            IpAddr::V4(v4) => h.update(v4.octets()),
-            IpAddr::V6(v6) => h.update(v6.octets()),
-        }
-        h.update(addr.port().to_be_bytes());
-        let digest: [u8; 20] = h.finalize().into();
-        let mut out = [0u8; TOKEN_BYTES];
-        out.copy_from_slice(&digest[..TOKEN_BYTES]);
-        out
+        self.matches(token, addr.ip(), Some(addr.port()), now)
     }
 
     /// The token for `ip` at `now`.
     pub fn token(&mut self, ip: IpAddr, now: Instant) -> [u8; TOKEN_BYTES] {
         self.rotate(now);
-        self.make(self.generation, ip)
+        self.make(self.generation, ip, None)
     }
 
     /// Whether `token` was handed to `ip` within the current or previous rotation.
     pub fn check(&mut self, token: &[u8], ip: IpAddr, now: Instant) -> bool {
-        self.rotate(now);
-        token == self.make(self.generation, ip)
-            || (self.generation > 0 && token == self.make(self.generation - 1, ip))
+        self.matches(token, ip, None, now)
     }
 }
 

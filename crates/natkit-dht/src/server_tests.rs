@@ -166,6 +166,24 @@ fn tokens_rotate_and_previous_is_accepted() {
 }
 
 #[test]
+fn address_tokens_bind_ip_and_port_rotate_and_are_not_write_tokens() {
+    let now = Instant::now();
+    let mut t = Tokens::new([3; 20], now);
+    let tok = t.address_token(ALICE, now);
+    assert!(t.check_address(&tok, ALICE, now));
+    let same_ip_other_port = SocketAddr::new(ALICE.ip(), ALICE.port().wrapping_add(1));
+    assert!(!t.check_address(&tok, same_ip_other_port, now));
+    assert!(!t.check_address(&tok, BOB, now));
+    // Not interchangeable with the IP-bound write token.
+    assert!(!t.check(&tok, ALICE.ip(), now));
+    let write = t.token(ALICE.ip(), now);
+    assert!(!t.check_address(&write, ALICE, now));
+    let later = now + TOKEN_ROTATION + Duration::from_secs(1);
+    assert!(t.check_address(&tok, ALICE, later));
+    assert!(!t.check_address(&tok, ALICE, later + TOKEN_ROTATION));
+}
+
+#[test]
 fn immutable_put_and_get() {
     let mut f = fixture();
     let v = Value::Bytes(b"Hello World!".to_vec());
