@@ -35,16 +35,16 @@ fn unix_ms() -> u64 {
 }
 
 /// Runs the two peers at once: alice (seed 1) and bob (seed 2), each dialing the
-/// other's NAT public address at `port`. Returns their outputs and the time
-/// from the agreed start to the last exit.
-fn punch(lab: &Lab, port: u16) -> (CmdOutput, CmdOutput, Duration) {
+/// other's NAT public address at `port`, bob `bob_late_ms` after alice.
+/// Returns their outputs and the time from alice's start to the last exit.
+fn punch(lab: &Lab, port: u16, bob_late_ms: u64) -> (CmdOutput, CmdOutput, Duration) {
     let bin = example("punch_peer");
     let bin = bin.to_str().unwrap();
     let listen = format!("0.0.0.0:{port}");
     let at = unix_ms() + START_IN_MS;
-    let at_s = at.to_string();
     let within = WITHIN_MS.to_string();
-    let spawn = |h: Host, seed: &str, peer_seed: &str, peer: Host| {
+    let spawn = |h: Host, seed: &str, peer_seed: &str, peer: Host, at: u64| {
+        let at_s = at.to_string();
         let to = format!("{}:{port}", lab.host(peer).public_ip);
         let line = format!("hello from {h}");
         lab.spawn(
@@ -69,9 +69,9 @@ fn punch(lab: &Lab, port: u16) -> (CmdOutput, CmdOutput, Duration) {
         )
         .unwrap_or_else(|e| panic!("spawn punch_peer on {h}: {e}"))
     };
-    let a = spawn(Host::Alice, "1", "2", Host::Bob);
-    let b = spawn(Host::Bob, "2", "1", Host::Alice);
-    let limit = Duration::from_millis(START_IN_MS + WITHIN_MS + 8000);
+    let a = spawn(Host::Alice, "1", "2", Host::Bob, at);
+    let b = spawn(Host::Bob, "2", "1", Host::Alice, at + bob_late_ms);
+    let limit = Duration::from_millis(START_IN_MS + bob_late_ms + WITHIN_MS + 8000);
     let a = a.wait_timeout(limit).expect("alice's punch_peer ends");
     let b = b.wait_timeout(limit).expect("bob's punch_peer ends");
     let took = Duration::from_millis(unix_ms().saturating_sub(at));
@@ -118,7 +118,7 @@ fn simultaneous_open_through_two_cone_nats() {
         Lab::up(LabConfig::new(NatKind::Cone, NatKind::Cone).delay_ms(DELAY_MS)).expect("lab up");
     lab.conntrack_flush().unwrap();
     let port = 41_000;
-    let (a, b, took) = punch(&lab, port);
+    let (a, b, took) = punch(&lab, port, 0);
     eprintln!("alice: {}{}", a.stdout, a.stderr);
     eprintln!("bob: {}{}", b.stdout, b.stderr);
     eprintln!("both done {} ms after the agreed start", took.as_millis());
@@ -180,7 +180,7 @@ fn simultaneous_open_with_a_symmetric_nat_fails_cleanly() {
         .expect("lab up");
     lab.conntrack_flush().unwrap();
     let started = Instant::now();
-    let (a, b, took) = punch(&lab, 41_100);
+    let (a, b, took) = punch(&lab, 41_100, 0);
     eprintln!("alice: {}{}", a.stdout, a.stderr);
     eprintln!("bob: {}{}", b.stdout, b.stderr);
     eprintln!("both done {} ms after the agreed start", took.as_millis());
@@ -200,4 +200,35 @@ fn simultaneous_open_with_a_symmetric_nat_fails_cleanly() {
     assert!(
         started.elapsed() <= Duration::from_millis(START_IN_MS) + bound + Duration::from_secs(2)
     );
+}
+
+#[test]
+fn simultaneous_open_survives_the_first_syn_being_dropped() {
+    if !natkit_lab::lab_or_skip("simultaneous_open_survives_the_first_syn_being_dropped") {
+        return;
+    }
+    build_examples();
+    let lab =
+        Lab::up(LabConfig::new(NatKind::Cone, NatKind::Cone).delay_ms(DELAY_MS)).expect("lab up");
+    lab.conntrack_flush().unwrap();
+    // Bob dials 1.2 s after alice: alice's first SYN reaches natB before bob's
+    // SYN opened it, and natB drops it silently. Bob's SYN then meets alice's
+    // socket still in SYN_SENT (same 4-tuple), which completes the open.
+    let (a, b, took) = punch(&lab, 41_200, 1200);
+    eprintln!("alice: {}{}", a.stdout, a.stderr);
+    eprintln!("bob: {}{}", b.stdout, b.stderr);
+    eprintln!("both done {} ms after alice's start", took.as_millis());
+    assert!(a.success(), "alice failed: {a:?}");
+    assert!(b.success(), "bob failed: {b:?}");
+    assert!(a.stdout.contains("got hello from bob"), "{a:?}");
+    assert!(b.stdout.contains("got hello from alice"), "{b:?}");
+    let (fa, fb) = (connected("alice", &a), connected("bob", &b));
+    assert_eq!(field(&fa, "direction"), "outbound", "{fa:?}");
+    assert_eq!(field(&fb, "direction"), "outbound", "{fb:?}");
+    let mut roles = [field(&fa, "role"), field(&fb, "role")];
+    roles.sort_unstable();
+    assert_eq!(roles, ["initiator", "responder"]);
+    // Alice waited for bob: her connection came well after her start.
+    let alice_ms: u64 = field(&fa, "ms").parse().unwrap();
+    assert!(alice_ms >= 1200, "alice connected after {alice_ms} ms");
 }
