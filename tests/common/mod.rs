@@ -20,14 +20,16 @@ pub fn example(name: &str) -> PathBuf {
 /// --test examples`) are they missing or older than their sources, and then
 /// this builds them (which takes a while: another feature set than the tests').
 pub fn build_examples() {
-    let fresh = ["line_listener", "line_dialer"].iter().all(|name| {
-        let bin = std::fs::metadata(example(name)).and_then(|m| m.modified());
-        let src = std::fs::metadata(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.rs")),
-        )
-        .and_then(|m| m.modified());
-        matches!((bin, src), (Ok(b), Ok(s)) if b >= s)
-    });
+    let fresh = ["line_listener", "line_dialer", "punch_peer"]
+        .iter()
+        .all(|name| {
+            let bin = std::fs::metadata(example(name)).and_then(|m| m.modified());
+            let src = std::fs::metadata(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.rs")),
+            )
+            .and_then(|m| m.modified());
+            matches!((bin, src), (Ok(b), Ok(s)) if b >= s)
+        });
     if fresh {
         return;
     }
