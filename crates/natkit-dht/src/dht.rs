@@ -315,6 +315,7 @@ enum Command {
     Start(Request, oneshot::Sender<Outcome>),
     StartStream(Request, mpsc::Sender<LookupEvent>),
     Stats(oneshot::Sender<Stats>),
+    Observations(oneshot::Sender<Vec<crate::stats::Observation>>),
     Forget(Id),
     AddHandler(MessageHandler),
     Subscribe(mpsc::Sender<Incoming>),
@@ -548,6 +549,20 @@ impl Dht {
         Ok(self.stats().await?.observed_address)
     }
 
+    /// Every node's latest report of the address our datagrams came from (BEP 42 `ip` in its
+    /// answers), oldest first: the UDP evidence for a NAT classifier (which reporters, from
+    /// which IPs, saw which address and port, when). At most
+    /// [`crate::stats::MAX_OBSERVATIONS`], none older than [`crate::stats::OBSERVATION_TTL`]
+    /// (give or take the minute between expiries).
+    pub async fn observations(&self) -> Result<Vec<crate::stats::Observation>, DhtError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Observations(tx))
+            .await
+            .map_err(|_| DhtError::Shutdown)?;
+        rx.await.map_err(|_| DhtError::Shutdown)
+    }
+
     /// Registers our identity with up to [`crate::rendezvous::RENDEZVOUS_NODES`] rendezvous
     /// nodes — the natkit nodes closest to our rendezvous target, or else natkit nodes found on
     /// [`crate::rendezvous::service_info_hash`] — and from then on keeps the registrations (and
@@ -776,6 +791,9 @@ async fn run(
                 }
                 Some(Command::Stats(reply)) => {
                     let _ = reply.send(core.stats());
+                }
+                Some(Command::Observations(reply)) => {
+                    let _ = reply.send(core.observations());
                 }
                 Some(Command::Forget(target)) => core.forget_own(&target),
                 Some(Command::AddHandler(h)) => handlers.push(h),

@@ -20,10 +20,12 @@ pub const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// active, new sources are refused until the window passes).
 pub const MAX_TRACKED_SOURCES: usize = 10_000;
 
-/// Most distinct observed addresses remembered, and most voters counted per address.
-pub const MAX_OBSERVED_ADDRESSES: usize = 16;
-/// See [`MAX_OBSERVED_ADDRESSES`].
-pub const MAX_VOTERS_PER_ADDRESS: usize = 64;
+/// Most reporters whose vote on our address is kept (one vote each, the latest).
+pub const MAX_OBSERVATIONS: usize = 256;
+
+/// How long a reporter's vote on our address counts: NAT mappings change, and a vote older
+/// than this says little about the mapping in use now.
+pub const OBSERVATION_TTL: Duration = Duration::from_secs(10 * 60);
 
 /// Messages in and out, by type.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -102,42 +104,96 @@ impl Stats {
     }
 }
 
-/// Votes on our public address from the `ip` field of responses.
+/// One node's report of the address it saw our UDP datagrams come from (the BEP 42 `ip` field
+/// of its answer): the evidence a NAT classifier needs (which reporters, from which IPs, saw
+/// which address, when).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Observation {
+    /// Who reported it.
+    pub reporter: SocketAddrV4,
+    /// The address it saw us at.
+    pub observed: SocketAddr,
+    /// When it last said so.
+    pub at: Instant,
+}
+
+/// Votes on our public address from the `ip` field of responses: one vote per reporter (its
+/// latest), at most [`MAX_OBSERVATIONS`] reporters, dropped by [`ObservedAddress::expire`] once
+/// older than [`OBSERVATION_TTL`] (the core expires them every minute). Votes
+/// are counted per reporter IP (per IP and port on loopback, where every local node shares
+/// 127.0.0.1), so one host cannot outvote the others with many ports.
 #[derive(Clone, Debug, Default)]
 pub struct ObservedAddress {
-    votes: HashMap<SocketAddr, HashSet<SocketAddrV4>>,
+    votes: HashMap<SocketAddrV4, (SocketAddr, Instant)>,
 }
 
 impl ObservedAddress {
-    /// `voter` says we are `addr`.
-    pub fn vote(&mut self, addr: SocketAddr, voter: SocketAddrV4) {
-        if !self.votes.contains_key(&addr) && self.votes.len() >= MAX_OBSERVED_ADDRESSES {
-            return;
+    /// `reporter` says at `now` that we are `addr`.
+    pub fn vote(&mut self, addr: SocketAddr, reporter: SocketAddrV4, now: Instant) {
+        if !self.votes.contains_key(&reporter) && self.votes.len() >= MAX_OBSERVATIONS {
+            self.expire(now);
+            // Still full: the oldest vote makes room (a fresh vote says more).
+            if self.votes.len() >= MAX_OBSERVATIONS
+                && let Some(oldest) = self.votes.iter().min_by_key(|(_, v)| v.1).map(|(k, _)| *k)
+            {
+                self.votes.remove(&oldest);
+            }
         }
-        let set = self.votes.entry(addr).or_default();
-        if set.len() < MAX_VOTERS_PER_ADDRESS {
-            set.insert(voter);
-        }
+        self.votes.insert(reporter, (addr, now));
     }
 
-    /// The IP most nodes agree on (whatever the port: a symmetric NAT gives each node another
-    /// port), with the number of distinct nodes.
-    pub fn best_ip(&self) -> Option<(std::net::IpAddr, usize)> {
-        let mut per_ip: HashMap<std::net::IpAddr, HashSet<SocketAddrV4>> = HashMap::new();
-        for (addr, voters) in &self.votes {
-            per_ip.entry(addr.ip()).or_default().extend(voters);
+    /// Forgets votes older than [`OBSERVATION_TTL`].
+    pub fn expire(&mut self, now: Instant) {
+        self.votes
+            .retain(|_, (_, at)| now.duration_since(*at) < OBSERVATION_TTL);
+    }
+
+    /// Every vote kept, oldest first.
+    pub fn observations(&self) -> Vec<Observation> {
+        let mut out: Vec<Observation> = self
+            .votes
+            .iter()
+            .map(|(reporter, (observed, at))| Observation {
+                reporter: *reporter,
+                observed: *observed,
+                at: *at,
+            })
+            .collect();
+        out.sort_by_key(|o| (o.at, o.reporter));
+        out
+    }
+
+    /// Distinct voters (reporter IPs; IP and port on loopback) per value of `key(observed)`.
+    fn tally<K: std::hash::Hash + Eq>(
+        &self,
+        key: impl Fn(&SocketAddr) -> K,
+    ) -> HashMap<K, HashSet<SocketAddr>> {
+        let mut per: HashMap<K, HashSet<SocketAddr>> = HashMap::new();
+        for (reporter, (observed, _)) in &self.votes {
+            let voter = if reporter.ip().is_loopback() {
+                SocketAddr::V4(*reporter)
+            } else {
+                SocketAddr::new(std::net::IpAddr::V4(*reporter.ip()), 0)
+            };
+            per.entry(key(observed)).or_default().insert(voter);
         }
-        per_ip
+        per
+    }
+
+    /// The IP most voters agree on (whatever the port: a symmetric NAT gives each node another
+    /// port), with the number of distinct voters.
+    pub fn best_ip(&self) -> Option<(std::net::IpAddr, usize)> {
+        self.tally(SocketAddr::ip)
             .into_iter()
             .map(|(ip, v)| (ip, v.len()))
             .max_by_key(|(ip, n)| (*n, std::cmp::Reverse(*ip)))
     }
 
-    /// The address most nodes agree on, with the number of distinct nodes.
+    /// The address most voters agree on, with the number of distinct voters.
     pub fn best(&self) -> Option<(SocketAddr, usize)> {
-        self.votes
-            .iter()
-            .map(|(a, v)| (*a, v.len()))
+        self.tally(|a| *a)
+            .into_iter()
+            .map(|(a, v)| (a, v.len()))
             .max_by_key(|(a, n)| (*n, std::cmp::Reverse(*a)))
     }
 }
@@ -214,15 +270,49 @@ mod tests {
     }
 
     #[test]
-    fn observed_address_counts_distinct_voters() {
+    fn observed_address_counts_distinct_voters_per_ip_and_expires() {
+        let now = Instant::now();
         let mut o = ObservedAddress::default();
         let me = SocketAddr::from(([1, 2, 3, 4], 5));
         let liar = SocketAddr::from(([6, 6, 6, 6], 6));
+        // Three loopback reporters (counted by port), each voting twice: three votes.
         for i in 0..3u16 {
-            o.vote(me, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 100 + i));
-            o.vote(me, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 100 + i));
+            o.vote(me, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 100 + i), now);
+            o.vote(me, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 100 + i), now);
         }
-        o.vote(liar, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9));
+        // One public host with ten ports is one voter.
+        for p in 0..10u16 {
+            o.vote(
+                liar,
+                SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 9), 1000 + p),
+                now,
+            );
+        }
         assert_eq!(o.best(), Some((me, 3)));
+        assert_eq!(o.best_ip(), Some((me.ip(), 3)));
+        // A reporter's latest vote replaces its earlier one.
+        o.vote(liar, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 100), now);
+        assert_eq!(o.best(), Some((me, 2)));
+        assert_eq!(o.observations().len(), 13);
+        // Votes expire.
+        o.expire(now + OBSERVATION_TTL);
+        assert_eq!(o.best(), None);
+        assert!(o.observations().is_empty());
+    }
+
+    #[test]
+    fn observed_address_keeps_a_bounded_number_of_reporters() {
+        let now = Instant::now();
+        let mut o = ObservedAddress::default();
+        let me = SocketAddr::from(([1, 2, 3, 4], 5));
+        for i in 0..(MAX_OBSERVATIONS as u32 + 50) {
+            let t = now + Duration::from_millis(u64::from(i));
+            let ip = Ipv4Addr::from(0x0a00_0000 + i);
+            o.vote(me, SocketAddrV4::new(ip, 1), t);
+        }
+        assert_eq!(o.votes.len(), MAX_OBSERVATIONS);
+        // The newest votes were kept.
+        let last = Ipv4Addr::from(0x0a00_0000 + MAX_OBSERVATIONS as u32 + 49);
+        assert!(o.votes.contains_key(&SocketAddrV4::new(last, 1)));
     }
 }

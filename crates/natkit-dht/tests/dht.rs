@@ -68,6 +68,15 @@ async fn bootstrap_find_node_and_observed_address() {
             .expect("observed");
         assert_eq!(addr, newcomer.local_addr());
         assert!(votes >= 3);
+        // The evidence behind it: one latest report per node that answered, from the nodes of
+        // the testnet, each saying our real address.
+        let seen = newcomer.observations().await.expect("observations");
+        assert!(seen.len() >= votes, "{} reports, {votes} votes", seen.len());
+        let testnet: Vec<SocketAddr> = net.bootstrap_addrs();
+        for o in &seen {
+            assert_eq!(o.observed, newcomer.local_addr());
+            assert!(testnet.contains(&SocketAddr::V4(o.reporter)), "{o:?}");
+        }
         newcomer.shutdown().await;
         net.shutdown().await;
     })

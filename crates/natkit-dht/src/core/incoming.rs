@@ -169,7 +169,7 @@ impl Core {
             return;
         };
         if let Some(ip) = msg.ip {
-            self.observed.vote(ip, tx.to);
+            self.observed.vote(ip, tx.to, now);
             self.check_secure_id(now);
         }
         let node = NodeInfo {

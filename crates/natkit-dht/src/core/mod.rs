@@ -255,6 +255,11 @@ impl Core {
         self.start_internal(Request::FindNode(id), Then::Refresh, now);
     }
 
+    /// Every node's latest report of our address (BEP 42 `ip`), for a NAT classifier.
+    pub fn observations(&self) -> Vec<crate::stats::Observation> {
+        self.observed.observations()
+    }
+
     /// The routing table.
     pub fn table(&self) -> &RoutingTable {
         &self.table
@@ -827,6 +832,7 @@ impl Core {
             self.rv_expire(now);
             self.server.storage_mut().expire(now);
             self.limiter.expire(now);
+            self.observed.expire(now);
             self.next_storage_expiry = now + STORAGE_EXPIRY_INTERVAL;
         }
     }
