@@ -44,7 +44,7 @@ use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha1::{Digest, Sha1};
 
 use crate::bencode::Value;
@@ -236,12 +236,11 @@ fn int(args: &Value, key: &'static str) -> Result<i64, RendezvousError> {
         .ok_or(RendezvousError::Malformed(key))
 }
 
+/// Strict ed25519 verification (`verify_strict`: no weak keys, no malleable signatures), the
+/// same check as the identity crate's and BEP 44's.
 fn verify(key: &[u8; 32], msg: &[u8], sig: &[u8; 64]) -> Result<(), RendezvousError> {
     let vk = VerifyingKey::from_bytes(key).map_err(|_| RendezvousError::BadSignature)?;
-    if vk.is_weak() {
-        return Err(RendezvousError::BadSignature);
-    }
-    vk.verify(msg, &Signature::from_bytes(sig))
+    vk.verify_strict(msg, &Signature::from_bytes(sig))
         .map_err(|_| RendezvousError::BadSignature)
 }
 
