@@ -748,3 +748,77 @@ fn _assert_send_sync() {
     let _: Option<SocketAddr> = None;
     let _: Option<NodeId> = None;
 }
+
+/// A hole punch whose peer's dial reaches our listener: the accepted socket runs the handshake
+/// in the role both sides computed and must prove the expected key.
+#[tokio::test]
+async fn an_expected_inbound_connection_takes_the_agreed_role_and_must_prove_the_key() {
+    let a = net(70, cfg()).await;
+    let b = net(71, cfg()).await;
+    // b dials from its listen port as the Noise responder; a, which only accepts, is the
+    // initiator on that socket, as a punch agreed.
+    a.expect_inbound(b.local_addr(), b.node_id(), Role::Initiator, T)
+        .expect("room");
+    let at_b = timeout(
+        T,
+        b.connect_with_role(a.local_addr(), a.node_id(), Role::Responder),
+    )
+    .await
+    .expect("in time")
+    .expect("handshake with the agreed roles");
+    let at_a = a
+        .connection(&b.node_id())
+        .expect("a holds the punched connection");
+    assert_eq!(at_a.direction(), natkit::net::Direction::Inbound);
+    at_b.send_line("punched").expect("queue");
+    assert_eq!(
+        timeout(T, at_a.recv()).await.expect("in time").as_deref(),
+        Some("punched")
+    );
+    at_b.close();
+
+    // Expecting another key at b's address: b's handshake is refused, nothing is registered.
+    let c = net(72, cfg()).await;
+    a.expect_inbound(c.local_addr(), b.node_id(), Role::Initiator, T)
+        .expect("room");
+    let wrong = timeout(
+        T,
+        c.connect_with_role(a.local_addr(), a.node_id(), Role::Responder),
+    )
+    .await
+    .expect("in time");
+    assert!(
+        wrong.is_err(),
+        "a connection with an unexpected key: {wrong:?}"
+    );
+    assert!(a.connection(&c.node_id()).is_none());
+
+    // Without an expectation, the same dial as responder finds no initiator and fails: the
+    // expectation is what gave the accepted socket its role.
+    let quick = NetConfig {
+        handshake_timeout: Duration::from_secs(1),
+        ..cfg()
+    };
+    let d = net(73, quick).await;
+    let plain = timeout(
+        T,
+        d.connect_with_role(a.local_addr(), a.node_id(), Role::Responder),
+    )
+    .await;
+    assert!(!matches!(plain, Ok(Ok(_))), "{plain:?}");
+
+    // The table of expectations is bounded.
+    for port in 0..natkit::net::MAX_EXPECTED_INBOUND as u16 {
+        let from = SocketAddr::from(([127, 0, 0, 2], 1000 + port));
+        a.expect_inbound(from, b.node_id(), Role::Responder, T)
+            .expect("room");
+    }
+    let over = SocketAddr::from(([127, 0, 0, 3], 1));
+    assert!(matches!(
+        a.expect_inbound(over, b.node_id(), Role::Responder, T),
+        Err(NetError::Limit { .. })
+    ));
+    for n in [a, b, c, d] {
+        n.shutdown().await;
+    }
+}

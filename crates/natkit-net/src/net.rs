@@ -67,7 +67,21 @@ struct Registry {
     outbound: usize,
     pending_inbound: usize,
     pending_outbound: usize,
+    /// Inbound connections expected from an address (a hole punch), by that address.
+    expected: HashMap<SocketAddr, Expected>,
 }
+
+/// An inbound connection announced by [`Net::expect_inbound`].
+#[derive(Clone, Copy, Debug)]
+struct Expected {
+    node: NodeId,
+    role: Role,
+    until: std::time::Instant,
+}
+
+/// Most inbound connections expected at once ([`Net::expect_inbound`]): a few punches in
+/// flight, each expecting its peer's one or two addresses.
+pub const MAX_EXPECTED_INBOUND: usize = 64;
 
 /// Counters of a [`Net`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -258,6 +272,40 @@ impl Net {
         }
         .instrument(span)
         .await
+    }
+
+    /// Announces that a connection from `from` is expected within `ttl`: a hole punch, where
+    /// the peer's dial may reach our listener instead of meeting our own dial. If one arrives
+    /// from exactly that address in time, its handshake runs in `role` (the one both sides
+    /// computed for the punched socket) and must prove the key `expected`, as a dial to it
+    /// would; any other key is refused. Other inbound connections are unaffected. At most
+    /// [`MAX_EXPECTED_INBOUND`] at once (expired ones are forgotten first).
+    pub fn expect_inbound(
+        &self,
+        from: SocketAddr,
+        expected: NodeId,
+        role: Role,
+        ttl: std::time::Duration,
+    ) -> Result<(), NetError> {
+        let now = std::time::Instant::now();
+        let mut r = self.inner.registry();
+        r.expected.retain(|_, e| e.until > now);
+        if !r.expected.contains_key(&from) && r.expected.len() >= MAX_EXPECTED_INBOUND {
+            return Err(NetError::Limit {
+                which: "expected inbound",
+                limit: MAX_EXPECTED_INBOUND,
+            });
+        }
+        let until = now + ttl;
+        r.expected.insert(
+            from,
+            Expected {
+                node: expected,
+                role,
+                until,
+            },
+        );
+        Ok(())
     }
 
     /// The live connection to `node`, if any.
@@ -529,8 +577,12 @@ async fn accept_loop(
                 continue;
             }
         };
-        let guard = {
+        let (guard, expected) = {
             let mut r = inner.registry();
+            let expected = r
+                .expected
+                .remove(&peer)
+                .filter(|e| e.until > std::time::Instant::now());
             if r.inbound + r.pending_inbound >= inner.config.max_inbound {
                 tracing::info!(%peer, limit = inner.config.max_inbound, "refusing inbound connection: limit reached");
                 drop(r);
@@ -538,10 +590,11 @@ async fn accept_loop(
                 continue;
             }
             r.pending_inbound += 1;
-            PendingGuard {
+            let guard = PendingGuard {
                 inner: inner.clone(),
                 inbound: true,
-            }
+            };
+            (guard, expected)
         };
         let _ = stream.set_nodelay(true);
         let span = tracing::info_span!("accept", %peer);
@@ -550,10 +603,13 @@ async fn accept_loop(
             async move {
                 let _permit = permit;
                 let _guard = guard;
+                if let Some(e) = &expected {
+                    tracing::debug!(node = %e.node.short(), role = ?e.role, "expected inbound connection (hole punch)");
+                }
                 let opts = HandshakeOptions {
                     local: &inner2.local,
-                    role: Role::Responder,
-                    expected: None,
+                    role: expected.map_or(Role::Responder, |e| e.role),
+                    expected: expected.map(|e| e.node),
                     peer_addr: peer,
                     want_plaintext: false,
                     allow_plaintext: inner2.config.allow_plaintext || inner2.config.plaintext,
