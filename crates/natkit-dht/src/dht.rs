@@ -39,7 +39,7 @@ use crate::bep44::{Bep44Error, MutableItem};
 use crate::core::{Core, OpId, Outcome, Request};
 use crate::id::{Id, NodeInfo};
 use crate::krpc::{ERROR_CAS_MISMATCH, ERROR_SEQ_TOO_LOW, PUBLIC_KEY_BYTES};
-use crate::rendezvous::{Incoming, MAX_PAYLOAD_BYTES};
+use crate::rendezvous::{CHANNEL_USER, CHANNELS, Incoming, MAX_PAYLOAD_BYTES};
 use crate::routing::{RoutingTable, SavedTable, TableFileError};
 use crate::server::{QueryHandler, RegisterError};
 use crate::stats::Stats;
@@ -105,6 +105,12 @@ pub enum DhtError {
     PayloadTooBig {
         /// The payload's length.
         len: usize,
+    },
+    /// A message channel that does not exist (see [`crate::rendezvous::CHANNELS`]).
+    #[error("no message channel {channel} (there are {})", CHANNELS)]
+    UnknownChannel {
+        /// The channel asked for.
+        channel: u8,
     },
     /// No node acknowledged the message. Its text names the codes
     /// ([`crate::rendezvous::describe_errors`]).
@@ -317,8 +323,8 @@ enum Command {
     Stats(oneshot::Sender<Stats>),
     Observations(oneshot::Sender<Vec<crate::stats::Observation>>),
     Forget(Id),
-    AddHandler(MessageHandler),
-    Subscribe(mpsc::Sender<Incoming>),
+    AddHandler(MessageHandler, oneshot::Sender<()>),
+    Subscribe(u8, mpsc::Sender<Incoming>, oneshot::Sender<()>),
     RendezvousPoints(oneshot::Sender<Vec<SocketAddr>>),
 }
 
@@ -625,6 +631,7 @@ impl Dht {
             payload: payload.to_vec(),
             via: Vec::new(),
             relay: false,
+            channel: CHANNEL_USER,
         })
         .await
     }
@@ -652,6 +659,42 @@ impl Dht {
             payload: payload.to_vec(),
             via,
             relay: false,
+            channel: CHANNEL_USER,
+        })
+        .await
+    }
+
+    /// Sends a signed message on `channel` (for example
+    /// [`crate::rendezvous::CHANNEL_TRAVERSAL`] for connection set-up): through `via` (the
+    /// recipient's rendezvous points or its own address) if given, else through the nodes
+    /// closest to its rendezvous target, found by a lookup. It reaches the recipient's
+    /// [`Dht::messages_on`] for that channel, never its application's [`Dht::messages`].
+    pub async fn send_on(
+        &self,
+        channel: u8,
+        to: [u8; PUBLIC_KEY_BYTES],
+        payload: &[u8],
+        via: &[SocketAddr],
+    ) -> Result<(), DhtError> {
+        if channel >= CHANNELS {
+            return Err(DhtError::UnknownChannel { channel });
+        }
+        let v4: Vec<SocketAddrV4> = via
+            .iter()
+            .filter_map(|a| match a {
+                SocketAddr::V4(v4) => Some(*v4),
+                SocketAddr::V6(_) => None,
+            })
+            .collect();
+        if v4.is_empty() && !via.is_empty() {
+            return Err(DhtError::NotDelivered { errors: Vec::new() });
+        }
+        self.message(Request::SendMessage {
+            to,
+            payload: payload.to_vec(),
+            via: v4,
+            relay: false,
+            channel,
         })
         .await
     }
@@ -670,6 +713,7 @@ impl Dht {
             payload: payload.to_vec(),
             via: Vec::new(),
             relay: true,
+            channel: CHANNEL_USER,
         })
         .await
     }
@@ -680,21 +724,38 @@ impl Dht {
         &self,
         handler: impl FnMut(&Incoming) + Send + 'static,
     ) -> Result<(), DhtError> {
+        let (done, installed) = oneshot::channel();
         self.commands
-            .send(Command::AddHandler(Box::new(handler)))
+            .send(Command::AddHandler(Box::new(handler), done))
             .await
-            .map_err(|_| DhtError::Shutdown)
+            .map_err(|_| DhtError::Shutdown)?;
+        // Installed before this returns: every message delivered after it reaches the handler.
+        installed.await.map_err(|_| DhtError::Shutdown)
     }
 
     /// A stream of the messages delivered to us, from now on. Only the latest stream receives
     /// messages. While it is full, messages wait in the node and then senders are told it is
     /// busy: none is acknowledged and then lost.
     pub async fn messages(&self) -> Result<mpsc::Receiver<Incoming>, DhtError> {
+        self.messages_on(CHANNEL_USER).await
+    }
+
+    /// Like [`Dht::messages`], for the messages on `channel` (one of
+    /// [`crate::rendezvous::CHANNELS`]): each channel has its own inbox and its own latest
+    /// stream, so a slow reader of one does not hold up the others. Messages on a channel
+    /// without a stream go to the [`Dht::add_message_handler`] callbacks, if any, else they
+    /// wait in the node.
+    pub async fn messages_on(&self, channel: u8) -> Result<mpsc::Receiver<Incoming>, DhtError> {
+        if channel >= CHANNELS {
+            return Err(DhtError::UnknownChannel { channel });
+        }
         let (tx, rx) = mpsc::channel(MESSAGE_QUEUE);
+        let (done, installed) = oneshot::channel();
         self.commands
-            .send(Command::Subscribe(tx))
+            .send(Command::Subscribe(channel, tx, done))
             .await
             .map_err(|_| DhtError::Shutdown)?;
+        installed.await.map_err(|_| DhtError::Shutdown)?;
         Ok(rx)
     }
 
@@ -719,17 +780,24 @@ async fn run(
     let mut waiters: HashMap<OpId, oneshot::Sender<Outcome>> = HashMap::new();
     let mut streams: HashMap<OpId, mpsc::Sender<LookupEvent>> = HashMap::new();
     let mut handlers: Vec<MessageHandler> = Vec::new();
-    let mut stream: Option<mpsc::Sender<Incoming>> = None;
+    let mut subscribers: [Option<mpsc::Sender<Incoming>>; CHANNELS as usize] = Default::default();
     let mut progress = Progress::default();
     loop {
-        if stream.as_ref().is_some_and(mpsc::Sender::is_closed) {
-            stream = None;
+        for s in &mut subscribers {
+            if s.as_ref().is_some_and(mpsc::Sender::is_closed) {
+                *s = None;
+            }
         }
-        // Without a stream, callbacks take everything; with one, messages leave the node only
-        // as fast as the stream is read.
-        if stream.is_none() && !handlers.is_empty() {
-            while let Some(m) = core.poll_incoming() {
-                handlers.iter_mut().for_each(|h| h(&m));
+        // On a channel without a stream, callbacks take everything; with one, messages leave
+        // the node only as fast as the stream is read.
+        if !handlers.is_empty() {
+            for channel in 0..CHANNELS {
+                if subscribers[usize::from(channel)].is_some() {
+                    continue;
+                }
+                while let Some(m) = core.poll_incoming(channel) {
+                    handlers.iter_mut().for_each(|h| h(&m));
+                }
             }
         }
         while let Some((to, bytes)) = core.poll_transmit() {
@@ -755,18 +823,15 @@ async fn run(
             }
         }
         let deadline = tokio::time::Instant::from_std(core.next_deadline());
-        let pending = core.incoming_len() > 0;
-        let waiting_stream = stream.clone().filter(|_| pending);
-        let reserve = async move {
-            match waiting_stream {
-                Some(s) => s.reserve_owned().await.ok(),
-                None => std::future::pending().await,
-            }
-        };
+        let waiting: Vec<(u8, mpsc::Sender<Incoming>)> = (0..CHANNELS)
+            .filter(|&c| core.incoming_len(c) > 0)
+            .filter_map(|c| Some((c, subscribers[usize::from(c)].clone()?)))
+            .collect();
+        let reserve = reserve_any(waiting);
         tokio::select! {
             _ = cancel.cancelled() => break,
-            Some(permit) = reserve => {
-                if let Some(m) = core.poll_incoming() {
+            Some((channel, permit)) = reserve => {
+                if let Some(m) = core.poll_incoming(channel) {
                     handlers.iter_mut().for_each(|h| h(&m));
                     permit.send(m);
                 }
@@ -796,8 +861,16 @@ async fn run(
                     let _ = reply.send(core.observations());
                 }
                 Some(Command::Forget(target)) => core.forget_own(&target),
-                Some(Command::AddHandler(h)) => handlers.push(h),
-                Some(Command::Subscribe(s)) => stream = Some(s),
+                Some(Command::AddHandler(h, done)) => {
+                    handlers.push(h);
+                    let _ = done.send(());
+                }
+                Some(Command::Subscribe(channel, s, done)) => {
+                    if let Some(slot) = subscribers.get_mut(usize::from(channel)) {
+                        *slot = Some(s);
+                    }
+                    let _ = done.send(());
+                }
                 Some(Command::RendezvousPoints(reply)) => {
                     let _ = reply.send(core.rendezvous_points());
                 }
@@ -811,6 +884,20 @@ async fn run(
     {
         tracing::warn!(path = %path.display(), error = %e, "could not save the DHT routing table");
     }
+}
+
+/// Room in the first of `waiting`'s streams (channel, stream) to free up; never, if none.
+async fn reserve_any(
+    waiting: Vec<(u8, mpsc::Sender<Incoming>)>,
+) -> Option<(u8, mpsc::OwnedPermit<Incoming>)> {
+    if waiting.is_empty() {
+        return std::future::pending().await;
+    }
+    let reserves = waiting
+        .into_iter()
+        .map(|(channel, s)| Box::pin(async move { (channel, s.reserve_owned().await.ok()) }));
+    let ((channel, permit), _, _) = futures::future::select_all(reserves).await;
+    permit.map(|p| (channel, p))
 }
 
 /// Starts `req` (as a streaming lookup if `stream`). While requests are logged, every request

@@ -16,7 +16,10 @@
 //!   next refresh) and `ttl` (seconds the registration lasts without a refresh).
 //! - `natkit.message` — `a`: `id`, `to` (recipient key), `from` (sender key), `ts` (sender's
 //!   Unix time, seconds), `n` (8-byte nonce), `v` (payload, at most [`MAX_PAYLOAD_BYTES`]),
-//!   `sig` = ed25519 by `from` over [`MESSAGE_DOMAIN`] ‖ `to` ‖ `from` ‖ `ts` ‖ `n` ‖ `v`,
+//!   `ch` (the channel, absent for [`CHANNEL_USER`]: [`CHANNEL_TRAVERSAL`] carries natkit's
+//!   own connection set-up, each channel has its own inbox and stream at the recipient),
+//!   `sig` = ed25519 by `from` over [`MESSAGE_DOMAIN`] (or [`CHANNEL_MESSAGE_DOMAIN`] ‖ `ch`)
+//!   ‖ `to` ‖ `from` ‖ `ts` ‖ `n` ‖ `v`,
 //!   `hops` (how many more nodes may forward it toward the recipient; 0 if absent) and `src`
 //!   (compact address of the original sender, set by the first forwarding node). A node that
 //!   *is* `to` delivers it; a node holding a registration for `to` forwards it to the
@@ -60,6 +63,20 @@ pub const MESSAGE_METHOD: &[u8] = b"natkit.message";
 pub const ANNOUNCE_DOMAIN: &[u8] = b"natkit-rendezvous-announce/1\0";
 /// Domain separation of message signatures.
 pub const MESSAGE_DOMAIN: &[u8] = b"natkit-rendezvous-message/1\0";
+/// Prefix of the signed bytes of a message on a channel other than [`CHANNEL_USER`], followed
+/// by the channel's byte: neither domain is a prefix of the other, so a message signed for one
+/// channel cannot be presented as one on another.
+pub const CHANNEL_MESSAGE_DOMAIN: &[u8] = b"natkit-rendezvous-message/1/channel\0";
+
+/// The channel of messages for the application (`natkit dht send`, [`crate::dht::Dht::messages`]).
+/// A message without a `ch` key is on it.
+pub const CHANNEL_USER: u8 = 0;
+/// The channel of natkit's own connection set-up (reverse connect, hole punching): kept apart
+/// from the application's messages so that neither can starve or read the other.
+pub const CHANNEL_TRAVERSAL: u8 = 1;
+/// Number of channels a node accepts ([`CHANNEL_USER`], [`CHANNEL_TRAVERSAL`]); a message on
+/// another is refused ([`ERROR_REFUSED`]).
+pub const CHANNELS: u8 = 2;
 
 /// Largest payload of a message. With the envelope a forwarded datagram stays under 1,000
 /// bytes, well below any path MTU.
@@ -326,7 +343,9 @@ pub struct Envelope {
     pub nonce: [u8; 8],
     /// What the sender says (at most [`MAX_PAYLOAD_BYTES`]).
     pub payload: Vec<u8>,
-    /// Signature by `from` over [`Envelope::signable`].
+    /// Which channel it is on ([`CHANNEL_USER`] unless set; signed).
+    pub channel: u8,
+    /// Signature by `from` over [`Envelope::signable_on`].
     pub sig: [u8; SIGNATURE_BYTES],
 }
 
@@ -342,9 +361,21 @@ pub struct MessageArgs {
 }
 
 impl Envelope {
-    /// An envelope signed by `key`.
+    /// An envelope on [`CHANNEL_USER`] signed by `key`.
     pub fn sign(
         key: &SigningKey,
+        to: [u8; PUBLIC_KEY_BYTES],
+        ts: i64,
+        nonce: [u8; 8],
+        payload: Vec<u8>,
+    ) -> Result<Self, RendezvousError> {
+        Self::sign_on(key, CHANNEL_USER, to, ts, nonce, payload)
+    }
+
+    /// An envelope on `channel` signed by `key`.
+    pub fn sign_on(
+        key: &SigningKey,
+        channel: u8,
         to: [u8; PUBLIC_KEY_BYTES],
         ts: i64,
         nonce: [u8; 8],
@@ -354,22 +385,41 @@ impl Envelope {
             return Err(RendezvousError::PayloadTooBig { len: payload.len() });
         }
         let from = key.verifying_key().to_bytes();
-        let sig = key
-            .sign(&Self::signable(&to, &from, ts, &nonce, &payload))
-            .to_bytes();
+        let signed = Self::signable_on(channel, &to, &from, ts, &nonce, &payload);
+        let sig = key.sign(&signed).to_bytes();
         Ok(Envelope {
             to,
             from,
             ts,
             nonce,
             payload,
+            channel,
             sig,
         })
     }
 
-    /// The signed bytes.
+    /// The signed bytes of a message on [`CHANNEL_USER`].
     pub fn signable(to: &[u8; 32], from: &[u8; 32], ts: i64, nonce: &[u8; 8], v: &[u8]) -> Vec<u8> {
-        let mut m = MESSAGE_DOMAIN.to_vec();
+        Self::signable_on(CHANNEL_USER, to, from, ts, nonce, v)
+    }
+
+    /// The signed bytes: [`MESSAGE_DOMAIN`] (on [`CHANNEL_USER`]) or
+    /// [`CHANNEL_MESSAGE_DOMAIN`] ‖ `channel`, then `to` ‖ `from` ‖ `ts` ‖ `nonce` ‖ `v`.
+    pub fn signable_on(
+        channel: u8,
+        to: &[u8; 32],
+        from: &[u8; 32],
+        ts: i64,
+        nonce: &[u8; 8],
+        v: &[u8],
+    ) -> Vec<u8> {
+        let mut m = if channel == CHANNEL_USER {
+            MESSAGE_DOMAIN.to_vec()
+        } else {
+            let mut d = CHANNEL_MESSAGE_DOMAIN.to_vec();
+            d.push(channel);
+            d
+        };
         m.extend_from_slice(to);
         m.extend_from_slice(from);
         m.extend_from_slice(&ts.to_be_bytes());
@@ -384,7 +434,14 @@ impl Envelope {
         if skew > MAX_CLOCK_SKEW.as_secs() {
             return Err(RendezvousError::Stale(skew));
         }
-        let m = Self::signable(&self.to, &self.from, self.ts, &self.nonce, &self.payload);
+        let m = Self::signable_on(
+            self.channel,
+            &self.to,
+            &self.from,
+            self.ts,
+            &self.nonce,
+            &self.payload,
+        );
         verify(&self.from, &m, &self.sig)
     }
 
@@ -401,6 +458,9 @@ impl Envelope {
         ];
         if hops > 0 {
             d.push((b"hops", Value::Int(i64::from(hops))));
+        }
+        if self.channel != CHANNEL_USER {
+            d.push((b"ch", Value::Int(i64::from(self.channel))));
         }
         if let Some(src) = src {
             let mut c = src.ip().octets().to_vec();
@@ -442,6 +502,13 @@ impl MessageArgs {
                 ))
             }
         };
+        let channel = match args.get(b"ch") {
+            None => CHANNEL_USER,
+            Some(v) => v
+                .as_int()
+                .and_then(|c| u8::try_from(c).ok())
+                .ok_or(RendezvousError::Malformed("ch"))?,
+        };
         Ok(MessageArgs {
             envelope: Envelope {
                 to: bytes(args, "to")?,
@@ -449,6 +516,7 @@ impl MessageArgs {
                 ts: int(args, "ts")?,
                 nonce: bytes(args, "n")?,
                 payload: payload.to_vec(),
+                channel,
                 sig: bytes(args, "sig")?,
             },
             hops,
@@ -462,6 +530,8 @@ impl MessageArgs {
 pub struct Incoming {
     /// The sender's public key (the signature was checked).
     pub from: [u8; PUBLIC_KEY_BYTES],
+    /// The channel it came on ([`CHANNEL_USER`], [`CHANNEL_TRAVERSAL`]; signed).
+    pub channel: u8,
     /// What it says.
     pub payload: Vec<u8>,
     /// The sender's Unix time.

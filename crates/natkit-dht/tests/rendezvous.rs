@@ -12,8 +12,8 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use natkit_dht::dht::{Dht, DhtError};
 use natkit_dht::rendezvous::{
-    ERROR_BUSY, ERROR_NOT_REGISTERED, Incoming, MAX_MESSAGES_PER_RECIPIENT, MAX_PAYLOAD_BYTES,
-    RENDEZVOUS_NODES,
+    CHANNEL_TRAVERSAL, CHANNEL_USER, CHANNELS, ERROR_BUSY, ERROR_NOT_REGISTERED, Incoming,
+    MAX_MESSAGES_PER_RECIPIENT, MAX_PAYLOAD_BYTES, RENDEZVOUS_NODES,
 };
 use natkit_dht::testnet::Testnet;
 use support::mainline_node;
@@ -130,6 +130,61 @@ async fn messages_reach_a_registered_node_three_ways() {
         assert_eq!(next(&mut inbox).await.payload, b"to the callback");
         assert_eq!(rx.recv().await.expect("callback"), b"to the callback");
 
+        alice.shutdown().await;
+        bob.shutdown().await;
+        net.shutdown().await;
+    })
+    .await;
+}
+
+/// Connection set-up messages travel on their own channel: they reach the traversal code's
+/// stream, never the application's, and a full or unread application inbox does not hold them
+/// up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_keep_traversal_messages_apart_from_the_applications() {
+    within(async {
+        let net = Testnet::new(12).await.expect("testnet");
+        let seeds = net.bootstrap_addrs();
+        let alice = client(1, &seeds[..1]).await;
+        let bob = client(2, &seeds[1..2]).await;
+        let points = alice.register().await.expect("register");
+        let mut traversal = alice.messages_on(CHANNEL_TRAVERSAL).await.expect("stream");
+        // The application has not asked for its messages: they wait in the node.
+        bob.send_message_via(public(&key(1)), b"for the app", &points)
+            .await
+            .expect("delivered");
+        bob.send_on(CHANNEL_TRAVERSAL, public(&key(1)), b"punch?", &points)
+            .await
+            .expect("delivered");
+        let m = next(&mut traversal).await;
+        assert_eq!(
+            (m.channel, m.payload.as_slice()),
+            (CHANNEL_TRAVERSAL, &b"punch?"[..])
+        );
+        assert_eq!(m.from, public(&key(2)));
+        // Found by a lookup too (no rendezvous points given).
+        bob.send_on(CHANNEL_TRAVERSAL, public(&key(1)), b"looked up", &[])
+            .await
+            .expect("delivered");
+        assert_eq!(next(&mut traversal).await.payload, b"looked up");
+        // The application's message is still there, on its own channel, and only it.
+        let mut app = alice.messages().await.expect("stream");
+        let m = next(&mut app).await;
+        assert_eq!(
+            (m.channel, m.payload.as_slice()),
+            (CHANNEL_USER, &b"for the app"[..])
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(app.try_recv().is_err() && traversal.try_recv().is_err());
+        // A channel that does not exist is a typed error, on both ends of the API.
+        assert!(matches!(
+            alice.messages_on(CHANNELS).await,
+            Err(DhtError::UnknownChannel { channel }) if channel == CHANNELS
+        ));
+        assert!(matches!(
+            bob.send_on(CHANNELS, public(&key(1)), b"x", &points).await,
+            Err(DhtError::UnknownChannel { .. })
+        ));
         alice.shutdown().await;
         bob.shutdown().await;
         net.shutdown().await;

@@ -389,7 +389,8 @@ impl Core {
                 payload,
                 via,
                 relay,
-            } => self.rv_send(op, to, payload, via, relay, now),
+                channel,
+            } => self.rv_send(op, channel, to, payload, via, relay, now),
             req => {
                 self.remember_own(&req, now);
                 self.launch(op, req, None, now);

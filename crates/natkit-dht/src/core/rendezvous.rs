@@ -14,11 +14,11 @@ use crate::krpc::{
 };
 use crate::lookup::K;
 use crate::rendezvous::{
-    ANNOUNCE_METHOD, Announce, ERROR_BUSY, ERROR_NOT_REGISTERED, ERROR_UNDELIVERED, Envelope,
-    Incoming, KEEPALIVE_INTERVAL, MAX_HOPS, MAX_INBOX, MAX_KEEPALIVE_FAILURES, MAX_MESSAGES_PER_IP,
-    MAX_MESSAGES_PER_RECIPIENT, MAX_PENDING_FORWARDS, MESSAGE_METHOD, MessageArgs,
-    REGISTRATION_TTL, RENDEZVOUS_NODES, RESEARCH_INTERVAL, RETRY_INTERVAL, Registry,
-    RendezvousError, ReplayCache, WindowLimit, service_info_hash, target,
+    ANNOUNCE_METHOD, Announce, CHANNELS, ERROR_BUSY, ERROR_NOT_REGISTERED, ERROR_REFUSED,
+    ERROR_UNDELIVERED, Envelope, Incoming, KEEPALIVE_INTERVAL, MAX_HOPS, MAX_INBOX,
+    MAX_KEEPALIVE_FAILURES, MAX_MESSAGES_PER_IP, MAX_MESSAGES_PER_RECIPIENT, MAX_PENDING_FORWARDS,
+    MESSAGE_METHOD, MessageArgs, REGISTRATION_TTL, RENDEZVOUS_NODES, RESEARCH_INTERVAL,
+    RETRY_INTERVAL, Registry, RendezvousError, ReplayCache, WindowLimit, service_info_hash, target,
 };
 
 /// How long one hop may take to answer a forwarded message; a message that may travel `h`
@@ -37,7 +37,8 @@ pub(super) struct Rv {
     serve: bool,
     registry: Registry,
     replay: ReplayCache,
-    inbox: VecDeque<Incoming>,
+    /// One inbox per channel, each at most [`MAX_INBOX`].
+    inbox: [VecDeque<Incoming>; CHANNELS as usize],
     per_ip: WindowLimit<SocketAddr>,
     per_recipient: WindowLimit<[u8; PUBLIC_KEY_BYTES]>,
     per_sender: WindowLimit<[u8; PUBLIC_KEY_BYTES]>,
@@ -83,7 +84,7 @@ impl Rv {
             serve,
             registry: Registry::default(),
             replay: ReplayCache::default(),
-            inbox: VecDeque::new(),
+            inbox: Default::default(),
             per_ip: WindowLimit::new(MAX_MESSAGES_PER_IP),
             per_recipient: WindowLimit::new(MAX_MESSAGES_PER_RECIPIENT),
             per_sender: WindowLimit::new(MAX_MESSAGES_PER_RECIPIENT),
@@ -157,14 +158,17 @@ impl Core {
         self.rv.keepalive = every.clamp(Duration::from_secs(1), REGISTRATION_TTL / 2);
     }
 
-    /// The next message delivered to us.
-    pub fn poll_incoming(&mut self) -> Option<Incoming> {
-        self.rv.inbox.pop_front()
+    /// The next message delivered to us on `channel` (`None` for an unknown channel).
+    pub fn poll_incoming(&mut self, channel: u8) -> Option<Incoming> {
+        self.rv.inbox.get_mut(usize::from(channel))?.pop_front()
     }
 
-    /// Messages delivered and not yet taken by [`Core::poll_incoming`].
-    pub fn incoming_len(&self) -> usize {
-        self.rv.inbox.len()
+    /// Messages delivered on `channel` and not yet taken by [`Core::poll_incoming`].
+    pub fn incoming_len(&self, channel: u8) -> usize {
+        self.rv
+            .inbox
+            .get(usize::from(channel))
+            .map_or(0, VecDeque::len)
     }
 
     /// Our current rendezvous nodes (empty unless registered), closest to our target first.
@@ -269,12 +273,16 @@ impl Core {
             if !self.rv.per_sender.allow(&e.from, now) {
                 return Err((ERROR_BUSY, "too many messages from this sender".to_owned()));
             }
-            if self.rv.inbox.len() >= MAX_INBOX {
+            let Some(inbox) = self.rv.inbox.get(usize::from(e.channel)) else {
+                return Err((ERROR_REFUSED, format!("no channel {}", e.channel)));
+            };
+            if inbox.len() >= MAX_INBOX {
                 return Err((ERROR_BUSY, "inbox full".to_owned()));
             }
             self.rv.replay.check(e, now).map_err(refuse)?;
-            self.rv.inbox.push_back(Incoming {
+            self.rv.inbox[usize::from(e.channel)].push_back(Incoming {
                 from: e.from,
+                channel: e.channel,
                 payload: e.payload.clone(),
                 ts: e.ts,
                 sender_addr: Some(m.src.map_or(from, SocketAddr::V4)),
@@ -348,9 +356,11 @@ impl Core {
     }
 
     /// Starts sending a message (see [`super::Request::SendMessage`]).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn rv_send(
         &mut self,
         op: OpId,
+        channel: u8,
         to: [u8; PUBLIC_KEY_BYTES],
         payload: Vec<u8>,
         via: Vec<SocketAddrV4>,
@@ -360,7 +370,7 @@ impl Core {
         let envelope = match (&self.rv.identity, self.rv.unix_now(now)) {
             (Some(key), Some(ts)) => {
                 let nonce = self.rng.next_u64().to_be_bytes();
-                Envelope::sign(key, to, ts, nonce, payload).ok()
+                Envelope::sign_on(key, channel, to, ts, nonce, payload).ok()
             }
             _ => None,
         };

@@ -49,6 +49,8 @@ pub enum Request {
         /// With `via` empty: route it hop by hop toward the recipient's rendezvous target
         /// instead of looking the nodes up first.
         relay: bool,
+        /// The channel ([`crate::rendezvous::CHANNEL_USER`] for the application's messages).
+        channel: u8,
     },
 }
 

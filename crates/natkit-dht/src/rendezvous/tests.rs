@@ -279,3 +279,46 @@ fn error_codes_are_named_and_counted() {
     let e = crate::dht::DhtError::NotDelivered { errors: vec![] };
     assert!(e.to_string().contains("no rendezvous node found"), "{e}");
 }
+
+#[test]
+fn a_channel_is_carried_and_signed_and_cannot_be_changed() {
+    let to = key(2).verifying_key().to_bytes();
+    let e = Envelope::sign_on(
+        &key(1),
+        CHANNEL_TRAVERSAL,
+        to,
+        1_000,
+        [9; 8],
+        b"punch".to_vec(),
+    )
+    .expect("signs");
+    let args = e.to_args(Id([1; 20]), 0, None);
+    assert_eq!(
+        args.get(b"ch").and_then(Value::as_int),
+        Some(i64::from(CHANNEL_TRAVERSAL))
+    );
+    let back = MessageArgs::from_args(&bencode::parse(&bencode::emit(&args)).expect("bencode"))
+        .expect("parses");
+    assert_eq!(back.envelope, e);
+    assert_eq!(back.envelope.verify(1_000), Ok(()));
+    // Moved to the application's channel (or any other), the signature no longer holds.
+    let mut moved = e.clone();
+    moved.channel = CHANNEL_USER;
+    assert_eq!(moved.verify(1_000), Err(RendezvousError::BadSignature));
+    let mut user = envelope(1_000, b"punch");
+    assert_eq!(user.channel, CHANNEL_USER);
+    user.channel = CHANNEL_TRAVERSAL;
+    assert_eq!(user.verify(1_000), Err(RendezvousError::BadSignature));
+    // The application's channel has no `ch` key (messages as before channels existed).
+    let plain = envelope(1_000, b"hi").to_args(Id([1; 20]), 0, None);
+    assert!(plain.get(b"ch").is_none());
+    // A `ch` that is not a byte is malformed.
+    let mut bad = args.clone();
+    if let Value::Dict(d) = &mut bad {
+        d.insert(b"ch".to_vec(), Value::Int(256));
+    }
+    assert_eq!(
+        MessageArgs::from_args(&bad),
+        Err(RendezvousError::Malformed("ch"))
+    );
+}
