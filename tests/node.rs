@@ -217,6 +217,7 @@ async fn the_routing_table_is_kept_in_the_state_dir() {
     let dir = tempfile::tempdir().unwrap();
     let boot = bootstrap_node().await;
     let bob = Node::builder()
+        .key(Keypair::from_seed([8; 32]))
         .bind_ip(LOOPBACK)
         .bootstrap(&[boot.local_addr()])
         .state_dir(dir.path().join("bob"))
@@ -225,6 +226,21 @@ async fn the_routing_table_is_kept_in_the_state_dir() {
         .unwrap();
     bob.shutdown().await;
     assert!(dir.path().join("bob").join(ROUTING_TABLE_FILE).is_file());
+    // Restarted without bootstrap nodes, bob rejoins through his saved table
+    // and publishes his new UNL (new port) there.
+    let key = Keypair::from_seed([8; 32]);
+    let bob = Node::builder()
+        .key(key.clone())
+        .bind_ip(LOOPBACK)
+        .state_dir(dir.path().join("bob"))
+        .build()
+        .await
+        .unwrap();
+    assert!(bob.published_seq().is_some());
+    let alice = node(&boot).await;
+    assert_eq!(alice.lookup(key.node_id()).await.unwrap(), bob.unl());
+    alice.shutdown().await;
+    bob.shutdown().await;
     boot.shutdown().await;
 }
 

@@ -215,8 +215,10 @@ impl NodeBuilder {
         self
     }
 
-    /// DHT nodes to join through (IPv4). Without any, the node contacts nobody
-    /// and publishes nothing: it can only be reached by its UNL.
+    /// DHT nodes to join through (IPv4). Without any (and without a saved
+    /// routing table in the [state directory](Self::state_dir)), the node
+    /// contacts nobody and publishes nothing: it can only be reached by its
+    /// UNL.
     ///
     /// ```
     /// let builder = natkit::Node::builder().bootstrap(&["127.0.0.1:6881".parse().unwrap()]);
@@ -282,6 +284,8 @@ impl NodeBuilder {
             }
             None => None,
         };
+        // A saved routing table is a way into the DHT as good as bootstrap nodes.
+        let has_table = table_file.as_ref().is_some_and(|f| f.is_file());
         let span = tracing::info_span!("node", id = %key.node_id().short());
         let (net, dht) = bind(&self, &key, table_file)
             .instrument(span.clone())
@@ -298,7 +302,7 @@ impl NodeBuilder {
             bind_ip: self.bind_ip,
             port,
             lan,
-            publishing: !self.bootstrap.is_empty(),
+            publishing: !self.bootstrap.is_empty() || has_table,
             state: Mutex::new(UnlState {
                 unl,
                 published_seq: None,
