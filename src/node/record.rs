@@ -118,6 +118,11 @@ pub(crate) fn lan_ips(bind_ip: IpAddr) -> Vec<IpAddr> {
 /// `port`, and the address the DHT saw us at, if known. When that address is
 /// one of our own, there is no NAT: the NAT type is `open`, which the planner
 /// takes as reachable.
+///
+/// The DHT sees our UDP mapping; the UNL's addresses are for TCP. They agree
+/// without NAT and behind port-preserving NATs; elsewhere the TCP address the
+/// peers of our connections saw (`Connection::observed_addr`) and the NAT
+/// classifier are the better source, which the traversal driver will use.
 pub(crate) fn own_unl(
     id: NodeId,
     lan: &[IpAddr],
