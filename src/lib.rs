@@ -9,6 +9,12 @@
 //!   "who dials first" rule.
 //! - [`net`] (`natkit-net`): authenticated, line-based connections and the
 //!   connection manager (async and event-loop APIs).
+//! - [`dht`] (`natkit-dht`): the Kademlia DHT (BEP 5/42/43/44), rendezvous.
+//! - [`traversal`] (`natkit-traversal`): the sans-I/O NAT traversal cores
+//!   (classifier, connect planner, hole-punch coordinator).
+//! - [`node`]: the [`Node`], joining a connection manager and a DHT node on
+//!   one port and one key: it publishes its UNL in the DHT and connects to a
+//!   UNL or to a bare node id.
 //! - [`portmap`] (`natkit-portmap`): port mapping with PCP, NAT-PMP and UPnP IGD.
 //! - `natkit-lab` (test support, not re-exported): the NAT lab in Linux network
 //!   namespaces that integration tests use.
@@ -27,8 +33,13 @@
 //! ```
 
 pub mod cli;
+pub mod node;
 
+pub use node::Node;
+
+pub use natkit_dht as dht;
 pub use natkit_identity as identity;
 pub use natkit_net as net;
 pub use natkit_portmap as portmap;
+pub use natkit_traversal as traversal;
 pub use natkit_unl as unl;

@@ -11,13 +11,15 @@
 //! through [`text::escape_controls`] in human-readable output.
 //!
 //! Each command has its own module: [`identity`] (`showid`), [`unl`]
-//! (`unl decode`, `unl encode`), [`map`] (`map ...`) and [`dht`] (`dht ...`).
+//! (`unl decode`, `unl encode`), [`map`] (`map ...`), [`dht`] (`dht ...`) and
+//! [`demo`] (`demo`: two nodes finding each other through the DHT, on loopback).
 
 use std::fmt;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub mod demo;
 pub mod dht;
 pub mod identity;
 pub mod map;
@@ -87,6 +89,9 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Two nodes on loopback find each other by node id through a DHT and
+    /// exchange a line each way; prints the path and the timings.
+    Demo,
     /// Print this node's id (its public key), creating the key file on first use.
     Showid,
     /// Build and read UNLs (Universal Node Locators).
@@ -159,6 +164,7 @@ fn usage_error(e: clap::Error) -> i32 {
 /// Runs a parsed command.
 pub fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
+        Command::Demo => demo::run(cli),
         Command::Showid => identity::showid(cli),
         Command::Unl(cmd) => unl::run(cli, cmd),
         Command::Map(cmd) => map::run(cli, cmd),

@@ -1,0 +1,507 @@
+//! The node ([`Node`]): one identity on one port, joining a connection
+//! manager ([`natkit_net::Net`], TCP) and a DHT node
+//! ([`natkit_dht::dht::Dht`], UDP, with the same ed25519 key). The two crates
+//! do not know each other; this is where they meet.
+//!
+//! A node makes its own [UNL](natkit_unl::Unl) (the LAN addresses of the
+//! interface it is bound to, and the address the DHT saw it at), signs it and
+//! publishes it in the DHT under its key (a BEP 44 mutable item, salt
+//! [`UNL_SALT`], see [`unl_record`]), again whenever it changes. So a bare
+//! node id is enough to connect: [`Node::connect`] looks the UNL up, asks the
+//! planner ([`natkit_traversal::plan`]) how to reach the node, and makes the
+//! direct attempts (LAN, mapped, direct). Reverse connect and hole punching
+//! come with the traversal driver; a plan that needs them ends, for now, in
+//! [`ConnectError::NeedsTraversal`].
+//!
+//! # Layout
+//! - this file: [`Node`], [`NodeError`];
+//! - `builder.rs`: [`NodeBuilder`]: binding one port in TCP and UDP, the
+//!   first UNL;
+//! - `target.rs`: [`Target`], a UNL or a node id, parsed from text;
+//! - `record.rs`: the node's own UNL and its DHT record ([`unl_record`],
+//!   [`decode_record`]);
+//! - `connect.rs`: running the plan's direct attempts ([`Path`],
+//!   [`ConnectError`]).
+//!
+//! # Example
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use natkit::Node;
+//! use natkit::dht::dht::Dht;
+//! use natkit::node::Target;
+//!
+//! let loopback = "127.0.0.1".parse()?;
+//! let boot = Dht::builder().bind_addr("127.0.0.1:0".parse()?).build().await?;
+//! let bob = Node::builder().bind_ip(loopback).bootstrap(&[boot.local_addr()]).build().await?;
+//! let alice = Node::builder().bind_ip(loopback).bootstrap(&[boot.local_addr()]).build().await?;
+//!
+//! let target: Target = bob.id().to_string().parse()?; // a bare node id: looked up in the DHT
+//! let (con, path) = alice.connect(target).await?;
+//! con.send("hello bob").await?;
+//! println!("connected over {path} in {:?}", path.elapsed);
+//!
+//! alice.shutdown().await;
+//! bob.shutdown().await;
+//! boot.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use natkit_dht::bep44::Bep44Error;
+use natkit_dht::dht::{Dht, DhtError};
+use natkit_identity::{IdentityError, Keypair, NodeId};
+use natkit_net::{Connection, Net, NetError, NetEvent};
+use natkit_traversal::plan::{self, LocalSituation};
+use natkit_unl::{AddrSource, NatType, Unl, UnlError};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+mod builder;
+mod connect;
+mod record;
+mod target;
+
+pub use builder::NodeBuilder;
+
+pub use connect::{ConnectError, DialFailure, Path, PathKind};
+pub use record::{RecordError, UNL_SALT, decode_record, unl_record};
+pub use target::{MAX_QUOTED_CHARS, Target, TargetError};
+
+/// How often a node checks whether its UNL changed (the DHT learned our
+/// address) and republishes it, or retries a publish that failed. The DHT
+/// itself republishes the stored record hourly; this is about changes, which
+/// peers should see within seconds, at the cost of one stats call.
+pub const UNL_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Tries to find a port free for both TCP and UDP when any port will do: a
+/// free TCP port is taken in UDP by another program only rarely.
+pub const PORT_ATTEMPTS: usize = 8;
+
+/// Longest DHT lookup of a UNL. A lookup ends by itself when no closer node
+/// answers (each unanswered query costs the DHT's query timeout); this bounds
+/// it whatever the network does.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The routing table's file in the [state directory](NodeBuilder::state_dir).
+pub const ROUTING_TABLE_FILE: &str = "dht-routing-table";
+
+/// Why a node could not start or publish.
+///
+/// ```
+/// use natkit::node::NodeError;
+///
+/// let err = NodeError::Ipv6("::1".parse().unwrap());
+/// assert!(err.to_string().contains("IPv4 only"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// No key was given and none could be made.
+    #[error("cannot create an identity key: {0}")]
+    Key(#[source] IdentityError),
+    /// The DHT speaks IPv4 only for now.
+    #[error("cannot bind to {0}: the DHT speaks IPv4 only for now")]
+    Ipv6(IpAddr),
+    /// The TCP listener could not start.
+    #[error("cannot start the connection manager: {0}")]
+    Net(#[source] NetError),
+    /// The DHT's UDP socket could not start.
+    #[error("cannot start the DHT node on UDP {addr}: {source}")]
+    Dht {
+        /// The UDP address.
+        addr: SocketAddr,
+        /// Why.
+        source: DhtError,
+    },
+    /// With port 0, no port was free in both TCP and UDP.
+    #[error("no port free for both TCP and UDP on {ip} after {PORT_ATTEMPTS} tries")]
+    NoFreePort {
+        /// The address bound.
+        ip: IpAddr,
+    },
+    /// The state directory could not be made.
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The node's own UNL breaks a limit.
+    #[error("cannot make this node's UNL: {0}")]
+    Unl(#[source] UnlError),
+    /// The node's UNL does not fit in a DHT record.
+    #[error("cannot make this node's DHT record: {0}")]
+    Record(#[source] Bep44Error),
+    /// No DHT node stored the UNL record.
+    #[error("cannot publish this node's UNL in the DHT: {0}")]
+    Publish(#[source] DhtError),
+}
+
+async fn refresh_loop(node: Weak<Inner>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(UNL_REFRESH_INTERVAL) => {}
+        }
+        let Some(inner) = node.upgrade() else { return };
+        let node = Node { inner };
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            r = node.refresh(false) => if let Err(e) = r {
+                tracing::info!(error = %e, "could not publish the UNL; will retry");
+            }
+        }
+    }
+}
+
+/// A natkit node: an identity, a TCP listener for connections and a DHT node
+/// on the same port, and a UNL published in the DHT. Cheap to clone (all
+/// clones are one node). See the [module docs](self) for an example.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    key: Keypair,
+    net: Net,
+    dht: Dht,
+    bind_ip: IpAddr,
+    port: u16,
+    lan: Vec<IpAddr>,
+    publishing: bool,
+    state: Mutex<UnlState>,
+    /// One publish at a time, so that seqs reach the DHT in order.
+    publish_lock: tokio::sync::Mutex<()>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+    span: tracing::Span,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Net and Dht stop themselves when dropped; stop our task too.
+        self.cancel.cancel();
+    }
+}
+
+struct UnlState {
+    unl: Unl,
+    published_seq: Option<i64>,
+    last_seq: i64,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id())
+            .field("addr", &self.net().local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// A builder with the defaults (random key, any port, every interface,
+    /// no bootstrap nodes, no state directory).
+    ///
+    /// ```
+    /// let builder = natkit::Node::builder();
+    /// ```
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::default()
+    }
+
+    /// Our node id (the public key).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), natkit::node::NodeError> {
+    /// let node = natkit::Node::builder().bind_ip("127.0.0.1".parse().unwrap()).build().await?;
+    /// assert_eq!(node.unl().node_id, node.id());
+    /// # node.shutdown().await; Ok(()) }
+    /// ```
+    pub fn id(&self) -> NodeId {
+        self.inner.key.node_id()
+    }
+
+    /// The port of the TCP listener and of the DHT's UDP socket.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), natkit::node::NodeError> {
+    /// let node = natkit::Node::builder().bind_ip("127.0.0.1".parse().unwrap()).build().await?;
+    /// assert_eq!(node.dht().local_addr().port(), node.port());
+    /// # node.shutdown().await; Ok(()) }
+    /// ```
+    pub fn port(&self) -> u16 {
+        self.inner.port
+    }
+
+    /// Our current UNL, signed (it changes when the DHT learns our address).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), natkit::node::NodeError> {
+    /// let node = natkit::Node::builder().bind_ip("127.0.0.1".parse().unwrap()).build().await?;
+    /// let text = node.unl().emit(); // paste it to a friend
+    /// assert_eq!(text.parse::<natkit::unl::Unl>().unwrap(), node.unl());
+    /// # node.shutdown().await; Ok(()) }
+    /// ```
+    pub fn unl(&self) -> Unl {
+        self.state().unl.clone()
+    }
+
+    /// The `seq` of the UNL record last stored in the DHT, if any was.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), natkit::node::NodeError> {
+    /// let node = natkit::Node::builder().bind_ip("127.0.0.1".parse().unwrap()).build().await?;
+    /// assert_eq!(node.published_seq(), None); // no bootstrap node: nowhere to publish
+    /// # node.shutdown().await; Ok(()) }
+    /// ```
+    pub fn published_seq(&self) -> Option<i64> {
+        self.state().published_seq
+    }
+
+    /// Publishes our UNL now (remade from what the DHT knows), whether or not
+    /// it changed; returns the record's `seq`. Nodes do this by themselves;
+    /// this is for when a peer must find the latest UNL at once.
+    ///
+    /// ```no_run
+    /// # async fn demo(node: natkit::Node) -> Result<(), natkit::node::NodeError> {
+    /// let seq = node.publish().await?;
+    /// assert_eq!(node.published_seq(), Some(seq));
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish(&self) -> Result<i64, NodeError> {
+        self.refresh(true).await?;
+        self.published_seq()
+            .ok_or(NodeError::Publish(DhtError::NotStored {
+                errors: Vec::new(),
+            }))
+    }
+
+    /// Remakes the UNL; publishes it if it changed, if it was never
+    /// published, or if `force`. Nothing is published without bootstrap
+    /// nodes unless `force`.
+    async fn refresh(&self, force: bool) -> Result<(), NodeError> {
+        let inner = &self.inner;
+        if !inner.publishing && !force {
+            return Ok(());
+        }
+        let _one = inner.publish_lock.lock().await;
+        let observed = match inner.dht.observed_address().await {
+            Ok(o) => o.map(|(addr, _voters)| addr),
+            Err(_) => return Ok(()), // shut down
+        };
+        let fresh =
+            record::own_unl(self.id(), &inner.lan, inner.port, observed).map_err(NodeError::Unl)?;
+        let (unl, seq) = {
+            let mut st = self.state();
+            let changed = !record::same_reach(&st.unl, &fresh);
+            if !changed && st.published_seq.is_some() && !force {
+                return Ok(());
+            }
+            if changed {
+                let mut unl = fresh;
+                unl.timestamp = record::unix_secs();
+                unl.sign(&inner.key).map_err(NodeError::Unl)?;
+                tracing::info!(unl = %unl.emit(), "UNL changed");
+                st.unl = unl;
+            }
+            st.last_seq = record::unix_ms().max(st.last_seq + 1);
+            (st.unl.clone(), st.last_seq)
+        };
+        let item = unl_record(&inner.key, &unl, seq).map_err(NodeError::Record)?;
+        match inner.dht.put_mutable(item, None).await {
+            Ok(_target) => {
+                tracing::info!(seq, "UNL published in the DHT");
+                self.state().published_seq = Some(seq);
+                Ok(())
+            }
+            Err(e) => Err(NodeError::Publish(e)),
+        }
+    }
+
+    /// Looks the UNL of `node_id` up in the DHT and checks it
+    /// ([`decode_record`]). Our own id gives our own UNL.
+    ///
+    /// ```no_run
+    /// # async fn demo(alice: natkit::Node, bob: natkit::identity::NodeId) -> Result<(), natkit::node::ConnectError> {
+    /// let unl = alice.lookup(bob).await?;
+    /// println!("bob is at {:?}", unl.addrs);
+    /// # Ok(()) }
+    /// ```
+    pub async fn lookup(&self, node_id: NodeId) -> Result<Unl, ConnectError> {
+        if node_id == self.id() {
+            return Ok(self.unl());
+        }
+        let get = self
+            .inner
+            .dht
+            .get_mutable(*node_id.as_bytes(), UNL_SALT, None);
+        let item = match tokio::time::timeout(LOOKUP_TIMEOUT, get).await {
+            Err(_) => {
+                return Err(ConnectError::LookupTimeout {
+                    node_id,
+                    secs: LOOKUP_TIMEOUT.as_secs_f64(),
+                });
+            }
+            Ok(Err(DhtError::Shutdown)) => return Err(ConnectError::Shutdown),
+            Ok(Err(source)) => return Err(ConnectError::Lookup { node_id, source }),
+            Ok(Ok(None)) => return Err(ConnectError::NotFound { node_id }),
+            Ok(Ok(Some(item))) => item,
+        };
+        decode_record(&node_id, &item).map_err(|source| ConnectError::BadRecord { node_id, source })
+    }
+
+    /// Connects to `target`: a node id is looked up first ([`Node::lookup`]);
+    /// then the planner's direct attempts race (LAN, mapped, direct, one
+    /// [`ATTEMPT_STAGGER`](natkit_traversal::plan::ATTEMPT_STAGGER) apart) and
+    /// the first connection authenticated to the target's key is returned with
+    /// the path it took. A connection that exists already is returned at once.
+    ///
+    /// A plan that needs a reverse connect or hole punching ends in
+    /// [`ConnectError::NeedsTraversal`] (this version has no traversal driver).
+    ///
+    /// ```no_run
+    /// # async fn demo(alice: natkit::Node) -> Result<(), Box<dyn std::error::Error>> {
+    /// let target: natkit::node::Target = "nkaaaa...".parse()?; // a UNL, or a bare node id
+    /// let (con, path) = alice.connect(target).await?;
+    /// con.send("hello").await?;
+    /// println!("{path} in {:?}", path.elapsed);
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(
+        &self,
+        target: impl Into<Target>,
+    ) -> Result<(Connection, Path), ConnectError> {
+        let t0 = Instant::now();
+        let target = target.into();
+        let (unl, lookup) = match target {
+            Target::Unl(unl) => (*unl, None),
+            Target::NodeId(id) => {
+                let unl = self.lookup(id).await?;
+                (unl, Some(t0.elapsed()))
+            }
+        };
+        let node_id = unl.node_id;
+        let span =
+            tracing::info_span!(parent: &self.inner.span, "connect", peer = %node_id.short());
+        let started = Instant::now();
+        let plan = plan::plan(&self.situation(), &unl, started)
+            .map_err(|source| ConnectError::NoPath { node_id, source })?;
+        let (dials, traversal) = connect::split(plan, self.inner.bind_ip, &unl);
+        if self.inner.net.is_shut_down() {
+            return Err(ConnectError::Shutdown);
+        }
+        match connect::race(&self.inner.net, node_id, dials)
+            .instrument(span)
+            .await
+        {
+            Ok((conn, dial)) => Ok((
+                conn,
+                Path {
+                    kind: dial.kind,
+                    addr: dial.addr,
+                    lookup,
+                    elapsed: started.elapsed(),
+                },
+            )),
+            Err(failures) => Err(connect::failed(node_id, traversal, failures)),
+        }
+    }
+
+    /// What the planner knows of us: our LAN addresses, and whether there is
+    /// no NAT (the DHT saw us at one of our own addresses).
+    fn situation(&self) -> LocalSituation {
+        let unl = self.unl();
+        LocalSituation {
+            node_id: self.id(),
+            lan: unl
+                .addrs
+                .iter()
+                .filter(|c| c.source == AddrSource::Lan)
+                .map(|c| c.addr)
+                .collect(),
+            nat: unl.nat,
+            reachable: unl.nat == NatType::Open,
+            port_mapped: false,
+        }
+    }
+
+    /// The connection events (connected, line, disconnected) of the node's
+    /// connection manager, inbound and outbound; see
+    /// [`Net::next_event`](natkit_net::Net::next_event) for when they start.
+    ///
+    /// ```no_run
+    /// # async fn demo(bob: natkit::Node) {
+    /// use futures::StreamExt;
+    /// use natkit::net::NetEvent;
+    ///
+    /// let mut events = std::pin::pin!(bob.events());
+    /// while let Some(event) = events.next().await {
+    ///     if let NetEvent::Line(con, line) = event {
+    ///         let _ = con.send_line(&format!("echo: {line}"));
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn events(&self) -> impl futures::Stream<Item = NetEvent> + Send + 'static {
+        self.inner.net.events()
+    }
+
+    /// The connection manager (for everything [`Node`] does not wrap).
+    ///
+    /// ```no_run
+    /// # fn demo(node: natkit::Node) {
+    /// println!("{} connections", node.net().connections().len());
+    /// # }
+    /// ```
+    pub fn net(&self) -> &Net {
+        &self.inner.net
+    }
+
+    /// The DHT node (same key, same port number, UDP).
+    ///
+    /// ```no_run
+    /// # async fn demo(node: natkit::Node) -> Result<(), natkit::dht::dht::DhtError> {
+    /// println!("{} DHT nodes known", node.dht().stats().await?.routing_table_size);
+    /// # Ok(()) }
+    /// ```
+    pub fn dht(&self) -> &Dht {
+        &self.inner.dht
+    }
+
+    /// Closes every connection gracefully, stops the DHT node (saving its
+    /// routing table in the state directory) and waits until every task has
+    /// ended. The UNL record stays in the DHT until it expires.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), natkit::node::NodeError> {
+    /// let node = natkit::Node::builder().bind_ip("127.0.0.1".parse().unwrap()).build().await?;
+    /// node.shutdown().await;
+    /// assert!(node.net().is_shut_down());
+    /// # Ok(()) }
+    /// ```
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.cancel.cancel();
+        inner.tracker.close();
+        inner.tracker.wait().await;
+        inner.net.shutdown().await;
+        inner.dht.shutdown().await;
+    }
+
+    fn state(&self) -> MutexGuard<'_, UnlState> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
