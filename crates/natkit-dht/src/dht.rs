@@ -644,24 +644,10 @@ impl Dht {
         payload: &[u8],
         via: &[SocketAddr],
     ) -> Result<(), DhtError> {
-        let via: Vec<SocketAddrV4> = via
-            .iter()
-            .filter_map(|a| match a {
-                SocketAddr::V4(v4) => Some(*v4),
-                SocketAddr::V6(_) => None,
-            })
-            .collect();
         if via.is_empty() {
             return Err(DhtError::NotDelivered { errors: Vec::new() });
         }
-        self.message(Request::SendMessage {
-            to,
-            payload: payload.to_vec(),
-            via,
-            relay: false,
-            channel: CHANNEL_USER,
-        })
-        .await
+        self.send_on(CHANNEL_USER, to, payload, via).await
     }
 
     /// Sends a signed message on `channel` (for example
