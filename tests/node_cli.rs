@@ -4,10 +4,15 @@
 //! errors.
 
 use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use natkit::Node;
+use natkit::net::NetEvent;
 
 mod common;
 use common::natkit;
@@ -73,6 +78,21 @@ impl Proc {
         let mut err = String::new();
         let _ = std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut err);
         (status.code(), err.trim().to_string())
+    }
+
+    /// The next stdout line, raw.
+    fn line(&mut self) -> String {
+        self.lines
+            .recv_timeout(WAIT)
+            .expect("no line from natkit in time")
+    }
+
+    /// Sends `signal` and waits for the exit; returns the code.
+    fn stop(&mut self, signal: libc::c_int) -> Option<i32> {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        self.wait().0
     }
 }
 
@@ -174,7 +194,7 @@ fn lines_at_run(run: &mut Proc, from: &str) -> Vec<String> {
 #[test]
 fn connect_by_node_id_sends_stdin_lines_to_a_run_node() {
     let dir = tempfile::tempdir().unwrap();
-    let (_boot, addr, mut run, ready) = network(dir.path());
+    let (mut boot, addr, mut run, ready) = network(dir.path());
     let run_id = ready["id"].as_str().unwrap();
 
     let (key, id) = make_key(dir.path(), "alice.key");
@@ -190,6 +210,10 @@ fn connect_by_node_id_sends_stdin_lines_to_a_run_node() {
     );
     assert!(err.contains(" ms (lookup "), "{err}");
     assert_eq!(lines_at_run(&mut run, &id), lines);
+
+    // Both long-running commands end cleanly on a signal.
+    assert_eq!(run.stop(libc::SIGTERM), Some(0));
+    assert_eq!(boot.stop(libc::SIGINT), Some(0));
 }
 
 #[test]
@@ -213,6 +237,63 @@ fn connect_by_unl_flushes_every_line_in_order_before_it_exits() {
     );
     assert!(!err.contains("lookup"), "a UNL needs no lookup: {err}");
     assert_eq!(lines_at_run(&mut run, &id), lines);
+}
+
+#[test]
+fn connect_prints_the_peers_lines_on_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_boot, addr, _run, _) = network(dir.path());
+    // A peer that answers: an echo node in this process, joined through the
+    // bootstrap node, its UNL published.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let echo = rt.block_on(async {
+        let node = Node::builder()
+            .bind_ip(IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .bootstrap(&[addr.parse().unwrap()])
+            .build()
+            .await
+            .unwrap();
+        if node.published_seq().is_none() {
+            node.publish().await.unwrap();
+        }
+        node
+    });
+    let mut events = Box::pin(echo.events());
+    rt.spawn(async move {
+        while let Some(ev) = events.next().await {
+            if let NetEvent::Line(con, line) = ev {
+                let _ = con.send(&format!("echo: {line}")).await;
+            }
+        }
+    });
+
+    let (key, _) = make_key(dir.path(), "dave.key");
+    let mut p = Proc::spawn(
+        &key,
+        &[
+            "--bootstrap",
+            &addr,
+            "connect",
+            &echo.id().to_string(),
+            "--bind",
+            "127.0.0.1",
+        ],
+        Stdio::piped(),
+    );
+    let mut stdin = p.child.stdin.take().unwrap();
+    // Raw on stdout: what the peer sent, exactly, one line each.
+    for line in ["one", "two \x1b[1m", ""] {
+        writeln!(stdin, "{line}").unwrap();
+        assert_eq!(p.line(), format!("echo: {line}"));
+    }
+    drop(stdin);
+    let (code, err) = p.wait();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.starts_with(&format!("connected to {} over lan", echo.id())),
+        "{err}"
+    );
+    rt.block_on(echo.shutdown());
 }
 
 #[test]
