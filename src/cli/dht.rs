@@ -286,7 +286,7 @@ async fn run_node(cli: &Cli, node: &NodeArgs, announce_service: bool) -> anyhow:
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+pub(crate) async fn wait_for_signal() -> anyhow::Result<()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -12,7 +12,8 @@
 //!
 //! Each command has its own module: [`identity`] (`showid`), [`unl`]
 //! (`unl decode`, `unl encode`), [`map`] (`map ...`), [`dht`] (`dht ...`) and
-//! [`demo`] (`demo`: two nodes finding each other through the DHT, on loopback).
+//! [`demo`] (`demo`: two nodes finding each other through the DHT, on loopback)
+//! and [`node`] (`bootstrap-node`, `run`, `connect`: a [`Node`](crate::Node)).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ pub mod demo;
 pub mod dht;
 pub mod identity;
 pub mod map;
+pub mod node;
 pub mod text;
 pub mod unl;
 
@@ -102,6 +104,15 @@ pub enum Command {
     /// Run a DHT node, or put and get values through one (BEP 44).
     #[command(subcommand)]
     Dht(dht::DhtCommand),
+    /// Run a public node that others join through (--bootstrap): a DHT node
+    /// and rendezvous server, until Ctrl-C or SIGTERM.
+    BootstrapNode(node::BindArgs),
+    /// Join through --bootstrap, publish this node's UNL in the DHT, then
+    /// print every connection and every line received, until Ctrl-C.
+    Run(node::BindArgs),
+    /// Connect to a node by UNL or node id: stdin lines go to it, its lines
+    /// come out on stdout (a netcat); path and timings on stderr.
+    Connect(node::ConnectArgs),
 }
 
 /// Runs the tool with the process's arguments and returns the exit code.
@@ -169,6 +180,9 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Unl(cmd) => unl::run(cli, cmd),
         Command::Map(cmd) => map::run(cli, cmd),
         Command::Dht(cmd) => dht::run(cli, cmd),
+        Command::BootstrapNode(args) => node::bootstrap_node(cli, args),
+        Command::Run(args) => node::run(cli, args),
+        Command::Connect(args) => node::connect(cli, args),
     }
 }
 

@@ -1,0 +1,322 @@
+//! `natkit bootstrap-node`, `natkit run` and `natkit connect`: a
+//! [`Node`] from the command line.
+//!
+//! - `bootstrap-node` is a public node that others join through: a [`Node`]
+//!   without bootstrap nodes (DHT node and rendezvous server), up until
+//!   SIGINT or SIGTERM.
+//! - `run` joins through `--bootstrap`, says `ready` once its UNL is
+//!   published in the DHT (so it can be reached by its node id alone), then
+//!   prints every connection event and every line any peer sends it.
+//! - `connect <UNL|ID>` is a netcat over natkit: stdin lines go to the peer,
+//!   the peer's lines go to stdout (raw, one per line), the path and timings
+//!   go to stderr. At the end of stdin everything queued is flushed, the
+//!   connection is closed cleanly and it exits 0.
+//!
+//! Every argument (the target, `--bootstrap`, `--bind`) is checked before any
+//! network work: a mistake is a usage error (exit 2). Human-readable output
+//! escapes text that came from the network; `--json` carries it exactly.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use futures::StreamExt;
+use natkit_net::{CloseCode, CloseReason, Connection, Direction, NetEvent};
+use serde_json::json;
+
+use super::identity::load_or_create_key;
+use super::text::escape_controls;
+use super::{Cli, usage};
+use crate::node::{Node, NodeBuilder, Target};
+
+/// How long `run` tries to publish its UNL before giving up (exit 1).
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Pause between two publish attempts of `run`.
+const PUBLISH_RETRY: Duration = Duration::from_millis(500);
+
+/// Where a node binds (the port is the global `--port`).
+#[derive(Debug, Args)]
+pub struct BindArgs {
+    /// Local IPv4 address to bind, TCP and UDP (default 0.0.0.0: every
+    /// interface, whose addresses the UNL lists).
+    #[arg(long, value_name = "IP")]
+    pub bind: Option<IpAddr>,
+}
+
+/// `natkit connect` arguments.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// Whom to connect to: a UNL, or a node id (its UNL is looked up in the DHT).
+    #[arg(value_name = "UNL|ID")]
+    pub target: String,
+    #[command(flatten)]
+    pub bind: BindArgs,
+}
+
+/// The bind address, checked (IPv4 only).
+fn bind_ip(args: &BindArgs) -> anyhow::Result<IpAddr> {
+    match args.bind {
+        Some(ip) if ip.is_ipv6() => usage(format!(
+            "--bind {ip} is an IPv6 address: natkit nodes speak IPv4 only for now"
+        )),
+        Some(ip) => Ok(ip),
+        None => Ok(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+    }
+}
+
+/// Resolves `--bootstrap` (required) to IPv4 addresses.
+fn bootstrap_nodes(cli: &Cli) -> anyhow::Result<Vec<SocketAddr>> {
+    if cli.bootstrap.is_empty() {
+        return usage("this command needs --bootstrap HOST:PORT (a node of the network to join)");
+    }
+    let mut out = Vec::new();
+    for b in &cli.bootstrap {
+        let addrs: Vec<SocketAddr> = b
+            .to_socket_addrs()
+            .with_context(|| format!("cannot resolve bootstrap node {b}"))?
+            .filter(SocketAddr::is_ipv4)
+            .collect();
+        if addrs.is_empty() {
+            bail!("bootstrap node {b} has no IPv4 address (the DHT speaks IPv4 only for now)");
+        }
+        out.extend(addrs);
+    }
+    Ok(out)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
+}
+
+fn builder(cli: &Cli, ip: IpAddr) -> anyhow::Result<NodeBuilder> {
+    let key = load_or_create_key(cli)?;
+    Ok(Node::builder()
+        .key(key)
+        .bind_ip(ip)
+        .port(cli.port.unwrap_or(0)))
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Runs `natkit bootstrap-node`.
+pub fn bootstrap_node(cli: &Cli, args: &BindArgs) -> anyhow::Result<()> {
+    if !cli.bootstrap.is_empty() {
+        return usage("bootstrap-node is where others join; it takes no --bootstrap");
+    }
+    let ip = bind_ip(args)?;
+    let builder = builder(cli, ip)?;
+    runtime()?.block_on(async {
+        let node = builder.build().await.context("cannot start the node")?;
+        let addr = SocketAddr::new(ip, node.port());
+        let unl = node.unl().emit();
+        if cli.json {
+            println!(
+                "{}",
+                json!({"event": "ready", "id": node.id(), "unl": unl, "addr": addr.to_string()})
+            );
+        } else {
+            println!("ready: node id {} on {addr}", node.id());
+            println!("unl: {unl}");
+        }
+        let r = super::dht::wait_for_signal().await;
+        node.shutdown().await;
+        r
+    })
+}
+
+/// Runs `natkit run`.
+pub fn run(cli: &Cli, args: &BindArgs) -> anyhow::Result<()> {
+    let ip = bind_ip(args)?;
+    let bootstrap = bootstrap_nodes(cli)?;
+    let builder = builder(cli, ip)?.bootstrap(&bootstrap);
+    runtime()?.block_on(async {
+        let node = builder.build().await.context("cannot start the node")?;
+        let signal = super::dht::wait_for_signal();
+        tokio::pin!(signal);
+        let r = tokio::select! {
+            r = &mut signal => r,
+            r = run_events(cli.json, &node) => r,
+        };
+        node.shutdown().await;
+        r
+    })
+}
+
+/// Publishes the UNL, says `ready`, then prints events until the node ends.
+async fn run_events(json: bool, node: &Node) -> anyhow::Result<()> {
+    // Events are queued from here on: nothing that happens after `ready` is lost.
+    let mut events = std::pin::pin!(node.events());
+    let deadline = Instant::now() + PUBLISH_TIMEOUT;
+    while node.published_seq().is_none() {
+        match node.publish().await {
+            Ok(_) => break,
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e).context(format!(
+                    "gave up publishing this node's UNL after {} s",
+                    PUBLISH_TIMEOUT.as_secs()
+                ));
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "could not publish the UNL yet; retrying");
+                tokio::time::sleep(PUBLISH_RETRY).await;
+            }
+        }
+    }
+    let unl = node.unl().emit();
+    if json {
+        println!("{}", json!({"event": "ready", "id": node.id(), "unl": unl}));
+    } else {
+        println!("ready: node id {}, UNL published in the DHT", node.id());
+        println!("unl: {unl}");
+    }
+    while let Some(event) = events.next().await {
+        print_event(json, &event);
+    }
+    Ok(())
+}
+
+fn direction(c: &Connection) -> &'static str {
+    match c.direction() {
+        Direction::Inbound => "inbound",
+        Direction::Outbound => "outbound",
+    }
+}
+
+fn print_event(json: bool, event: &NetEvent) {
+    match event {
+        NetEvent::Connected(c) => {
+            let (id, addr, dir) = (c.node_id(), c.remote_addr(), direction(c));
+            if json {
+                println!(
+                    "{}",
+                    json!({"event": "connected", "id": id, "addr": addr.to_string(), "direction": dir})
+                );
+            } else {
+                println!("connected: {id} at {addr} ({dir})");
+            }
+        }
+        NetEvent::Line(c, line) => {
+            let id = c.node_id();
+            if json {
+                println!("{}", json!({"event": "line", "from": id, "line": line}));
+            } else {
+                println!("line from {id}: {}", escape_controls(line));
+            }
+        }
+        NetEvent::Disconnected { conn, reason } => {
+            let (id, reason) = (conn.node_id(), reason.to_string());
+            if json {
+                println!(
+                    "{}",
+                    json!({"event": "disconnected", "id": id, "reason": reason})
+                );
+            } else {
+                println!("disconnected: {id} ({})", escape_controls(&reason));
+            }
+        }
+    }
+}
+
+/// Runs `natkit connect`.
+pub fn connect(cli: &Cli, args: &ConnectArgs) -> anyhow::Result<()> {
+    let target: Target = match args.target.parse() {
+        Ok(t) => t,
+        Err(e) => return usage(format!("bad target: {e}")),
+    };
+    let ip = bind_ip(&args.bind)?;
+    let bootstrap = bootstrap_nodes(cli)?;
+    let builder = builder(cli, ip)?.bootstrap(&bootstrap);
+    let rt = runtime()?;
+    let r = rt.block_on(async {
+        let node = builder.build().await.context("cannot start the node")?;
+        let r = netcat(&node, target).await;
+        node.shutdown().await;
+        r
+    });
+    // The stdin thread may still be blocked in a read; the process ends anyway.
+    rt.shutdown_background();
+    r
+}
+
+/// Lines read from stdin by a thread: `None` at the end of stdin.
+fn stdin_lines() -> tokio::sync::mpsc::Receiver<std::io::Result<String>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::stdin().lock().lines() {
+            let stop = line.is_err();
+            if tx.blocking_send(line).is_err() || stop {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn netcat(node: &Node, target: Target) -> anyhow::Result<()> {
+    let to = target.node_id();
+    let (con, path) = node
+        .connect(target)
+        .await
+        .with_context(|| format!("cannot connect to {to}"))?;
+    let lookup = match path.lookup {
+        Some(l) => format!(" (lookup {:.1} ms)", ms(l)),
+        None => String::new(),
+    };
+    eprintln!(
+        "connected to {to} over {path} in {:.1} ms{lookup}",
+        ms(path.elapsed)
+    );
+    let mut input = stdin_lines();
+    loop {
+        tokio::select! {
+            line = con.recv() => match line {
+                Some(line) => println!("{line}"),
+                None => {
+                    let reason = con.closed().await;
+                    return peer_ended(&reason);
+                }
+            },
+            line = input.recv() => match line {
+                Some(Ok(line)) => {
+                    if let Err(e) = con.send(&line).await {
+                        bail!("cannot send to {to}: {e}");
+                    }
+                }
+                Some(Err(e)) => bail!("cannot read stdin: {e}"),
+                None => break,
+            },
+        }
+    }
+    // Closing flushes every queued line first, then says goodbye.
+    con.close();
+    // Lines the peer sent before our close still reach stdout.
+    while let Some(line) = con.recv().await {
+        println!("{line}");
+    }
+    match con.closed().await {
+        CloseReason::Local | CloseReason::Shutdown => Ok(()),
+        reason => bail!("the connection to {to} ended before every line was sent: {reason}"),
+    }
+}
+
+/// The peer ended the connection before our stdin did.
+fn peer_ended(reason: &CloseReason) -> anyhow::Result<()> {
+    match reason {
+        CloseReason::Remote {
+            code: CloseCode::Normal | CloseCode::Shutdown,
+            ..
+        } => {
+            eprintln!("{}", escape_controls(&reason.to_string()));
+            Ok(())
+        }
+        reason => bail!("connection lost: {reason}"),
+    }
+}
