@@ -525,6 +525,48 @@ async fn graceful_close_flushes_queued_lines() {
     assert_eq!(got.len(), 5000);
     assert_eq!(got[4999], "line 4999");
     assert_eq!(timeout(T, ab.closed()).await.unwrap(), CloseReason::Local);
+    assert!(ab.all_sent(), "every line was handed to the kernel");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_close_that_times_out_says_lines_may_be_lost() {
+    // b never reads: TCP backs up, and a's graceful close cannot send its queue in time.
+    let b = net(
+        2,
+        NetConfig {
+            recv_queue_bytes: 1024,
+            ..cfg()
+        },
+    )
+    .await;
+    let a = net(
+        1,
+        NetConfig {
+            close_timeout: Duration::from_millis(300),
+            send_queue_bytes: 128 * 1024,
+            max_line_bytes: 1024,
+            ..cfg()
+        },
+    )
+    .await;
+    let ab = a.connect(b.local_addr(), b.node_id()).await.unwrap();
+    // Fill the kernel's buffers and then our send queue (yielding lets the writer drain into
+    // the socket until TCP backs up).
+    let line = "x".repeat(1000);
+    let mut full = false;
+    for _ in 0..200_000 {
+        if ab.send_line(&line).is_err() {
+            full = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(full, "the send queue never filled");
+    ab.close();
+    timeout(T, ab.closed()).await.expect("the close ends");
+    assert!(!ab.all_sent(), "lines were left unsent, and it says so");
     a.shutdown().await;
     b.shutdown().await;
 }

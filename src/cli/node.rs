@@ -302,7 +302,12 @@ async fn netcat(node: &Node, target: Target) -> anyhow::Result<()> {
         println!("{line}");
     }
     match con.closed().await {
-        CloseReason::Local | CloseReason::Shutdown => Ok(()),
+        CloseReason::Local | CloseReason::Shutdown if con.all_sent() => Ok(()),
+        CloseReason::Local | CloseReason::Shutdown => {
+            bail!(
+                "the connection to {to} closed before every line was sent (the peer did not read them in time)"
+            )
+        }
         reason => bail!("the connection to {to} ended before every line was sent: {reason}"),
     }
 }

@@ -103,6 +103,9 @@ pub(crate) struct ConnShared {
     closing_since_ms: AtomicU64,
     last_recv_ms: AtomicU64,
     ended: AtomicBool,
+    /// Every queued line and the close frame were written to the socket (a graceful close
+    /// that completed its sending side).
+    all_sent: AtomicBool,
     done: Notify,
     cancel: CancellationToken,
     pub(crate) scheduled: AtomicBool,
@@ -289,6 +292,14 @@ impl Connection {
         self.0.begin_close(CloseReason::Local);
     }
 
+    /// Whether a graceful [`close`](Connection::close) got every line queued before it, and
+    /// the close frame, written to the socket (handed to the kernel, which delivers them
+    /// unless the network fails). False while the close is running, and for good when it
+    /// timed out or the connection broke first: then lines may not have reached the peer.
+    pub fn all_sent(&self) -> bool {
+        self.0.all_sent.load(Ordering::Acquire)
+    }
+
     /// Whether the connection is closing or closed.
     pub fn is_closed(&self) -> bool {
         lock(&self.0.send).closing
@@ -376,6 +387,7 @@ impl ConnShared {
             closing_since_ms: AtomicU64::new(u64::MAX),
             last_recv_ms: AtomicU64::new(0),
             ended: AtomicBool::new(false),
+            all_sent: AtomicBool::new(false),
             done: Notify::new(),
             cancel: CancellationToken::new(),
             scheduled: AtomicBool::new(false),
@@ -713,6 +725,7 @@ async fn write_loop(
         if ping {
             enc.push(conn, &Frame::Ping);
         }
+        let mut close_sent = false;
         if closing {
             let (code, message) = lock(&conn.reason)
                 .clone()
@@ -723,6 +736,7 @@ async fn write_loop(
                 Some(CloseReason::PeerGone | CloseReason::Io { .. })
             ) {
                 enc.push(conn, &Frame::Close { code, message });
+                close_sent = true;
             }
         }
         if !enc.out.is_empty() {
@@ -742,6 +756,8 @@ async fn write_loop(
             enc.content = Vec::new();
         }
         if closing {
+            // Written without error, the lines and the close frame are the kernel's now.
+            conn.all_sent.store(close_sent, Ordering::Release);
             let _ = tokio::select! {
                 r = wr.shutdown() => r,
                 () = conn.cancel.cancelled() => return,
