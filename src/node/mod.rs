@@ -320,8 +320,29 @@ impl Node {
             (st.unl.clone(), st.last_seq)
         };
         let item = unl_record(&inner.key, &unl, seq).map_err(NodeError::Record)?;
-        match inner.dht.put_mutable(item, None).await {
-            Ok(_target) => {
+        let result = match inner.dht.put_mutable(item, None).await {
+            // A record of ours with this seq or a higher one is out there (an earlier run of
+            // this identity, within the same millisecond or with a clock ahead): go past it.
+            Err(DhtError::Conflict { .. }) => {
+                let theirs = inner
+                    .dht
+                    .get_mutable(*self.id().as_bytes(), UNL_SALT, None)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map_or(seq, |m| m.seq);
+                let seq = {
+                    let mut st = self.state();
+                    st.last_seq = st.last_seq.max(theirs) + 1;
+                    st.last_seq
+                };
+                let item = unl_record(&inner.key, &unl, seq).map_err(NodeError::Record)?;
+                inner.dht.put_mutable(item, None).await.map(|_| seq)
+            }
+            other => other.map(|_| seq),
+        };
+        match result {
+            Ok(seq) => {
                 tracing::info!(seq, "UNL published in the DHT");
                 self.state().published_seq = Some(seq);
                 Ok(())
