@@ -303,3 +303,35 @@ fn natkit_demo_runs_as_a_script_would() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("natkit: usage error: "));
 }
+
+#[tokio::test]
+async fn on_loopback_the_udp_class_is_unknown_and_the_unl_says_open() {
+    use natkit::traversal::classify::NatClass;
+    // A few DHT nodes that all see us: every one of them reports from
+    // loopback, which the classifier refuses (it sees us without any NAT in
+    // between), so the class stays Unknown; the UNL then keeps the
+    // own-address rule: the DHT saw us at our own address, so "open".
+    let boot = bootstrap_node().await;
+    let others: Vec<Node> = futures::future::join_all((0..3).map(|_| node(&boot))).await;
+    let alice = node(&boot).await;
+    let t0 = Instant::now();
+    while alice.dht().observations().await.unwrap().len() < 2
+        && t0.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let observations = alice.dht().observations().await.unwrap();
+    assert!(!observations.is_empty());
+    let c = alice.udp_classification().await.unwrap();
+    assert!(
+        matches!(c.class, NatClass::Unknown { have: 0, .. }),
+        "{c:?}"
+    );
+    assert!(c.votes.is_empty(), "loopback votes are refused: {c:?}");
+    assert_eq!(alice.unl().nat, natkit::unl::NatType::Open);
+    alice.shutdown().await;
+    for n in others {
+        n.shutdown().await;
+    }
+    boot.shutdown().await;
+}

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use natkit_dht::dht::{Dht, DhtError};
 use natkit_identity::Keypair;
 use natkit_net::{Net, NetConfig};
+use natkit_traversal::classify::{MIN_REPORTER_IPS, NatClass};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -171,7 +172,17 @@ impl NodeBuilder {
             .await?;
         let port = net.local_addr().port();
         let lan = record::lan_ips(self.bind_ip);
-        let mut unl = record::own_unl(key.node_id(), &lan, port, None).map_err(NodeError::Unl)?;
+        let mut unl = record::own_unl(
+            key.node_id(),
+            &lan,
+            port,
+            None,
+            NatClass::Unknown {
+                have: 0,
+                need: MIN_REPORTER_IPS,
+            },
+        )
+        .map_err(NodeError::Unl)?;
         unl.timestamp = record::unix_secs();
         unl.sign(&key).map_err(NodeError::Unl)?;
         let inner = Arc::new(Inner {

@@ -4,7 +4,8 @@
 //! do not know each other; this is where they meet.
 //!
 //! A node makes its own [UNL](natkit_unl::Unl) (the LAN addresses of the
-//! interface it is bound to, and the address the DHT saw it at), signs it and
+//! interface it is bound to, the address the DHT saw it at, and its NAT type
+//! from the DHT's reports classified, see [`Node::udp_classification`]), signs it and
 //! publishes it in the DHT under its key (a BEP 44 mutable item, salt
 //! [`UNL_SALT`], see [`unl_record`]), again whenever it changes. So a bare
 //! node id is enough to connect: [`Node::connect`] looks the UNL up, asks the
@@ -56,6 +57,7 @@ use natkit_dht::bep44::Bep44Error;
 use natkit_dht::dht::{Dht, DhtError};
 use natkit_identity::{IdentityError, Keypair, NodeId};
 use natkit_net::{Connection, Net, NetError, NetEvent};
+use natkit_traversal::classify::Classification;
 use natkit_traversal::plan::{self, LocalSituation};
 use natkit_unl::{AddrSource, NatType, Unl, UnlError};
 use tokio_util::sync::CancellationToken;
@@ -74,7 +76,7 @@ pub use record::{RecordError, UNL_SALT, decode_record, unl_record};
 pub use target::{MAX_QUOTED_CHARS, Target, TargetError};
 
 /// How often a node checks whether its UNL changed (the DHT learned our
-/// address) and republishes it, or retries a publish that failed. The DHT
+/// address, or its reports changed our NAT type) and republishes it, or retries a publish that failed. The DHT
 /// itself republishes the stored record hourly; this is about changes, which
 /// peers should see within seconds, at the cost of one stats call.
 pub const UNL_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
@@ -301,8 +303,12 @@ impl Node {
             Ok(o) => o.map(|(addr, _voters)| addr),
             Err(_) => return Ok(()), // shut down
         };
-        let fresh =
-            record::own_unl(self.id(), &inner.lan, inner.port, observed).map_err(NodeError::Unl)?;
+        let class = match self.udp_classification().await {
+            Ok(c) => c.class,
+            Err(_) => return Ok(()), // shut down
+        };
+        let fresh = record::own_unl(self.id(), &inner.lan, inner.port, observed, class)
+            .map_err(NodeError::Unl)?;
         let (unl, seq) = {
             let mut st = self.state();
             let changed = !record::same_reach(&st.unl, &fresh);
@@ -349,6 +355,37 @@ impl Node {
             }
             Err(e) => Err(NodeError::Publish(e)),
         }
+    }
+
+    /// What our NAT does to UDP, from the addresses the DHT's nodes saw our
+    /// datagrams come from ([`Dht::observations`], classified by
+    /// [`natkit_traversal::classify::Classifier`]), with the evidence: each
+    /// reporter's vote. Reporters on loopback or on our LAN are left out (they
+    /// see us without the NAT in between), so a node on loopback stays
+    /// `Unknown`. A DHT reporter's node id is not known, only its address: each
+    /// vote's `reporter` is a stand-in id derived from that address, stable for
+    /// it; `reporter_ip` is real. The UNL's NAT type follows this class once it
+    /// is known, recomputed every [`UNL_REFRESH_INTERVAL`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use natkit::traversal::classify::NatClass;
+    ///
+    /// let node = natkit::Node::builder().bind_ip("127.0.0.1".parse()?).build().await?;
+    /// let c = node.udp_classification().await?;
+    /// assert!(matches!(c.class, NatClass::Unknown { .. })); // nobody has seen us yet
+    /// # node.shutdown().await; Ok(()) }
+    /// ```
+    pub async fn udp_classification(&self) -> Result<Classification, DhtError> {
+        let inner = &self.inner;
+        let observations = inner.dht.observations().await?;
+        Ok(record::udp_classification(
+            &observations,
+            &inner.lan,
+            inner.port,
+            Instant::now(),
+        ))
     }
 
     /// Looks the UNL of `node_id` up in the DHT and checks it

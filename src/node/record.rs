@@ -6,12 +6,16 @@
 //! DHT checks the item's signature, [`decode_record`] checks that the UNL in
 //! it is signed by, and is the UNL of, that same node.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use natkit_dht::Value;
 use natkit_dht::bep44::{Bep44Error, MutableItem};
+use natkit_dht::stats;
 use natkit_identity::{Keypair, NodeId};
+use natkit_traversal::classify::{
+    Classification, Classifier, ClassifierConfig, NatClass, Observation, Transport,
+};
 use natkit_unl::{AddrSource, MAX_ADDRS, NatType, Unl, UnlError};
 
 /// The BEP 44 salt of a node's UNL record.
@@ -114,10 +118,56 @@ pub(crate) fn lan_ips(bind_ip: IpAddr) -> Vec<IpAddr> {
     ips
 }
 
+/// A stand-in node id for a DHT reporter, of which only the address is
+/// known (BEP 42's `ip` field comes with the answering node's address; its
+/// DHT id is not an ed25519 key). The classifier keys votes by reporter id, one
+/// vote per reporter: the public key of a seed made of the address (IP, port
+/// and a fixed tag) is stable for that address and distinct between
+/// addresses, so each reporter address keeps one vote, replaced by its newer
+/// reports. It is no one's real key and is never used as one.
+pub(crate) fn reporter_stand_in(reporter: SocketAddrV4) -> NodeId {
+    let mut seed = [0u8; 32];
+    seed[..4].copy_from_slice(&reporter.ip().octets());
+    seed[4..6].copy_from_slice(&reporter.port().to_be_bytes());
+    seed[6..].copy_from_slice(b"natkit reporter stand-in\0\0");
+    Keypair::from_seed(seed).node_id()
+}
+
+/// The UDP classification of our NAT from the DHT's observations (each the
+/// address a DHT node saw our datagrams come from; our local port is the DHT
+/// socket's `port`), with `lan` as our own addresses. A fresh [`Classifier`]
+/// each time: the DHT keeps and expires the reports itself. Reporters on
+/// loopback or on our LAN are refused by the classifier (they see us without
+/// the NAT in between), so on loopback the class stays `Unknown`.
+pub(crate) fn udp_classification(
+    observations: &[stats::Observation],
+    lan: &[IpAddr],
+    port: u16,
+    now: Instant,
+) -> Classification {
+    let mut classifier = Classifier::new(ClassifierConfig::default(), lan.to_vec());
+    for o in observations {
+        let obs = Observation {
+            reporter: reporter_stand_in(o.reporter),
+            reporter_ip: IpAddr::V4(*o.reporter.ip()),
+            transport: Transport::Udp,
+            local_port: port,
+            observed: o.observed,
+            at: o.at,
+        };
+        // Refused reports (local reporters, port 0) say nothing about the NAT.
+        let _ = classifier.observe(obs);
+    }
+    classifier.classify(Transport::Udp, now)
+}
+
 /// The node's UNL, unsigned and without timestamp: its LAN addresses with
-/// `port`, and the address the DHT saw us at, if known. When that address is
-/// one of our own, there is no NAT: the NAT type is `open`, which the planner
-/// takes as reachable.
+/// `port`, and the address the DHT saw us at, if known. The NAT type is the
+/// UDP `class` ([`udp_classification`]) once it is known; until then, when the
+/// observed address is one of our own, there is no NAT: the NAT type is
+/// `open`, which the planner takes as reachable (this is what a node on
+/// loopback or on a LAN without NAT gets, where every reporter is local and
+/// the classifier refuses them all).
 ///
 /// The DHT sees our UDP mapping; the UNL's addresses are for TCP. They agree
 /// without NAT and behind port-preserving NATs; elsewhere the TCP address the
@@ -128,6 +178,7 @@ pub(crate) fn own_unl(
     lan: &[IpAddr],
     port: u16,
     observed: Option<SocketAddr>,
+    class: NatClass,
 ) -> Result<Unl, UnlError> {
     let mut unl = Unl::new(id);
     for ip in lan.iter().take(MAX_ADDRS - 1) {
@@ -138,6 +189,9 @@ pub(crate) fn own_unl(
         if lan.contains(&o.ip()) {
             unl.nat = NatType::Open;
         }
+    }
+    if !matches!(class, NatClass::Unknown { .. }) {
+        unl.nat = class.nat_type();
     }
     Ok(unl)
 }
@@ -171,13 +225,15 @@ pub(crate) fn unix_secs() -> u32 {
 mod tests {
     use super::*;
 
+    const UNKNOWN: NatClass = NatClass::Unknown { have: 0, need: 3 };
+
     #[test]
     fn records_are_checked() {
         let key = Keypair::from_seed([1; 32]);
         let other = Keypair::from_seed([2; 32]);
         let lan = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
         let observed = Some("127.0.0.1:4000".parse().unwrap());
-        let mut unl = own_unl(key.node_id(), &lan, 4000, observed).unwrap();
+        let mut unl = own_unl(key.node_id(), &lan, 4000, observed, UNKNOWN).unwrap();
         assert_eq!(unl.nat, NatType::Open);
         unl.sign(&key).unwrap();
         let item = unl_record(&key, &unl, 7).unwrap();
@@ -202,11 +258,67 @@ mod tests {
             &lan,
             4000,
             Some("203.0.113.5:4000".parse().unwrap()),
+            UNKNOWN,
         )
         .unwrap();
         assert_eq!(behind_nat.nat, NatType::Unknown);
         assert!(!same_reach(&unl, &behind_nat));
         assert_eq!(lan_ips("127.0.0.1".parse().unwrap()), lan.to_vec());
         assert!(!lan_ips(IpAddr::V4(Ipv4Addr::UNSPECIFIED)).is_empty());
+    }
+
+    fn dht_obs(reporter: &str, observed: &str, at: Instant) -> stats::Observation {
+        stats::Observation {
+            reporter: reporter.parse().unwrap(),
+            observed: observed.parse().unwrap(),
+            at,
+        }
+    }
+
+    #[test]
+    fn the_unl_carries_the_udp_classification() {
+        let key = Keypair::from_seed([3; 32]);
+        let lan = [IpAddr::V4(Ipv4Addr::new(192, 168, 1, 10))];
+        let now = Instant::now();
+        let stand_in = reporter_stand_in("198.51.100.1:6881".parse().unwrap());
+        assert_eq!(
+            stand_in,
+            reporter_stand_in("198.51.100.1:6881".parse().unwrap())
+        );
+        assert_ne!(
+            stand_in,
+            reporter_stand_in("198.51.100.1:6882".parse().unwrap())
+        );
+        // Three public reporters agree on one external address, not ours.
+        let public: Vec<_> = ["198.51.100.1:6881", "198.51.100.2:6881", "203.0.113.9:1"]
+            .iter()
+            .map(|r| dht_obs(r, "203.0.113.5:4000", now))
+            .collect();
+        let c = udp_classification(&public, &lan, 4000, now);
+        assert_eq!(
+            c.class,
+            NatClass::Consistent {
+                port_preserving: true
+            }
+        );
+        assert_eq!(c.votes.len(), 3);
+        let observed = Some("203.0.113.5:4000".parse().unwrap());
+        let unl = own_unl(key.node_id(), &lan, 4000, observed, c.class).unwrap();
+        assert_eq!(unl.nat, NatType::Consistent);
+        // Loopback and LAN reporters are refused: unknown, and the UNL falls
+        // back to the own-address rule.
+        let local = vec![
+            dht_obs("127.0.0.1:7000", "127.0.0.1:4000", now),
+            dht_obs("192.168.1.20:6881", "192.168.1.10:4000", now),
+        ];
+        let c = udp_classification(&local, &lan, 4000, now);
+        assert!(
+            matches!(c.class, NatClass::Unknown { have: 0, .. }),
+            "{c:?}"
+        );
+        assert!(c.votes.is_empty());
+        let observed = Some("192.168.1.10:4000".parse().unwrap());
+        let unl = own_unl(key.node_id(), &lan, 4000, observed, c.class).unwrap();
+        assert_eq!(unl.nat, NatType::Open);
     }
 }
