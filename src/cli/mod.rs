@@ -13,7 +13,8 @@
 //! Each command has its own module: [`identity`] (`showid`), [`unl`]
 //! (`unl decode`, `unl encode`), [`map`] (`map ...`), [`dht`] (`dht ...`) and
 //! [`demo`] (`demo`: two nodes finding each other through the DHT, on loopback)
-//! and [`node`] (`bootstrap-node`, `run`, `connect`: a [`Node`](crate::Node)).
+//! and [`node`] (`bootstrap-node`, `run`, `connect`, `showtype`: a
+//! [`Node`](crate::Node)).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -113,6 +114,10 @@ pub enum Command {
     /// Connect to a node by UNL or node id: stdin lines go to it, its lines
     /// come out on stdout (a netcat); path and timings on stderr.
     Connect(node::ConnectArgs),
+    /// Join through --bootstrap, wait a few seconds for DHT nodes to report
+    /// the address they see us at, and print what our NAT does to UDP, with
+    /// the evidence.
+    Showtype(node::BindArgs),
 }
 
 /// Runs the tool with the process's arguments and returns the exit code.
@@ -183,6 +188,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::BootstrapNode(args) => node::bootstrap_node(cli, args),
         Command::Run(args) => node::run(cli, args),
         Command::Connect(args) => node::connect(cli, args),
+        Command::Showtype(args) => node::showtype(cli, args),
     }
 }
 

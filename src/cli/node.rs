@@ -11,6 +11,10 @@
 //!   the peer's lines go to stdout (raw, one per line), the path and timings
 //!   go to stderr. At the end of stdin everything queued is flushed, the
 //!   connection is closed cleanly and it exits 0.
+//! - `showtype` joins through `--bootstrap`, waits at most
+//!   [`SHOWTYPE_WAIT`] for [`SHOWTYPE_REPORTERS`] DHT nodes to report the
+//!   address they saw us at, and prints the UDP classification
+//!   ([`Node::udp_classification`]) with each report as evidence.
 //!
 //! Every argument (the target, `--bootstrap`, `--bind`) is checked before any
 //! network work: a mistake is a usage error (exit 2). Human-readable output
@@ -35,6 +39,12 @@ pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Pause between two publish attempts of `run`.
 const PUBLISH_RETRY: Duration = Duration::from_millis(500);
+
+/// Longest wait of `showtype` for reports.
+pub const SHOWTYPE_WAIT: Duration = Duration::from_secs(3);
+
+/// Reporters after which `showtype` stops waiting (what the classifier needs).
+pub const SHOWTYPE_REPORTERS: usize = natkit_traversal::classify::MIN_REPORTER_IPS;
 
 /// Where a node binds (the port is the global `--port`).
 #[derive(Debug, Args)]
@@ -324,4 +334,89 @@ fn peer_ended(reason: &CloseReason) -> anyhow::Result<()> {
         }
         reason => bail!("connection lost: {reason}"),
     }
+}
+
+/// Runs `natkit showtype`.
+pub fn showtype(cli: &Cli, args: &BindArgs) -> anyhow::Result<()> {
+    let ip = bind_ip(args)?;
+    let bootstrap = bootstrap_nodes(cli)?;
+    let builder = builder(cli, ip)?.bootstrap(&bootstrap);
+    runtime()?.block_on(async {
+        let node = builder.build().await.context("cannot start the node")?;
+        let r = showtype_report(cli.json, &node).await;
+        node.shutdown().await;
+        r
+    })
+}
+
+async fn showtype_report(json: bool, node: &Node) -> anyhow::Result<()> {
+    let deadline = Instant::now() + SHOWTYPE_WAIT;
+    let observations = loop {
+        let obs = node
+            .dht()
+            .observations()
+            .await
+            .context("the DHT node stopped")?;
+        if obs.len() >= SHOWTYPE_REPORTERS || Instant::now() >= deadline {
+            break obs;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let c = node
+        .udp_classification()
+        .await
+        .context("the DHT node stopped")?;
+    // A report is counted when the classifier compared it; reports from
+    // loopback or our LAN are refused (they see us without the NAT).
+    let counted = |o: &natkit_dht::stats::Observation| {
+        c.votes.iter().any(|v| {
+            v.counted && v.reporter_ip == IpAddr::V4(*o.reporter.ip()) && v.observed == o.observed
+        })
+    };
+    let class = c.class.to_string();
+    let nat = crate::cli::unl::nat_name(c.class.nat_type());
+    if json {
+        let evidence: Vec<_> = observations
+            .iter()
+            .map(|o| {
+                json!({
+                    "reporter": o.reporter.to_string(),
+                    "observed": o.observed.to_string(),
+                    "age_ms": ms(o.at.elapsed()),
+                    "counted": counted(o),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "transport": "udp",
+                "class": class,
+                "nat": nat,
+                "local_port": node.port(),
+                "external": c.external.map(|a| a.to_string()),
+                "evidence": evidence,
+            })
+        );
+    } else {
+        println!("udp: {class} (UNL nat type {nat})");
+        if let Some(e) = c.external {
+            println!("external address: {e}");
+        }
+        if observations.is_empty() {
+            println!(
+                "no DHT node reported our address within {} s",
+                SHOWTYPE_WAIT.as_secs()
+            );
+        }
+        for o in &observations {
+            let note = if counted(o) {
+                ""
+            } else {
+                " (not counted: on our own network)"
+            };
+            println!("{} saw us at {}{note}", o.reporter, o.observed);
+        }
+    }
+    Ok(())
 }

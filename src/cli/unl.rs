@@ -106,14 +106,7 @@ fn decode(cli: &Cli, text: &str) -> anyhow::Result<()> {
     for c in &unl.addrs {
         println!("address:    {} {}", c.source, c.addr);
     }
-    let nat = match unl.nat {
-        NatType::Unknown => "unknown".to_string(),
-        NatType::Open => "open".into(),
-        NatType::Consistent => "consistent".into(),
-        NatType::Incrementing { delta } => format!("incrementing (delta {delta:+})"),
-        NatType::Random => "random".into(),
-    };
-    println!("nat type:   {nat}");
+    println!("nat type:   {}", nat_name(unl.nat));
     let node = serde_json::to_value(unl.node)?;
     println!("node type:  {}", node.as_str().unwrap_or("unknown"));
     for r in &unl.rendezvous {
@@ -228,4 +221,15 @@ fn parse_timestamp(s: &str) -> Result<u32, String> {
     }
     s.parse::<u32>()
         .map_err(|_| format!("{s:?} is not a Unix time in seconds (0-4294967295) or \"now\""))
+}
+
+/// A NAT type as `unl decode` prints it.
+pub(crate) fn nat_name(nat: NatType) -> String {
+    match nat {
+        NatType::Unknown => "unknown".to_string(),
+        NatType::Open => "open".into(),
+        NatType::Consistent => "consistent".into(),
+        NatType::Incrementing { delta } => format!("incrementing (delta {delta:+})"),
+        NatType::Random => "random".into(),
+    }
 }
