@@ -335,3 +335,36 @@ async fn on_loopback_the_udp_class_is_unknown_and_the_unl_says_open() {
     }
     boot.shutdown().await;
 }
+
+#[tokio::test]
+async fn rendezvous_points_are_listed_in_the_published_unl() {
+    let boot = bootstrap_node().await;
+    let bob = node(&boot).await;
+    let carol = node(&boot).await;
+    let alice = node(&boot).await;
+    // On loopback alice's NAT type is open, so she does not register by
+    // herself; asked to, she lists the points in her UNL and republishes it.
+    assert!(alice.unl().rendezvous.is_empty());
+    let points = tokio::time::timeout(HANG, alice.register_rendezvous())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!points.is_empty());
+    let unl = alice.unl();
+    assert_eq!(
+        unl.rendezvous.len(),
+        points.len().min(natkit::unl::MAX_RENDEZVOUS)
+    );
+    for p in &unl.rendezvous {
+        assert!(points.contains(p), "{p}");
+    }
+    let found = tokio::time::timeout(HANG, bob.lookup(alice.id()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.rendezvous, unl.rendezvous);
+    for n in [alice, bob, carol] {
+        n.shutdown().await;
+    }
+    boot.shutdown().await;
+}

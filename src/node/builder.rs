@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use natkit_dht::dht::{Dht, DhtError};
@@ -193,6 +194,7 @@ impl NodeBuilder {
             port,
             lan,
             publishing: !self.bootstrap.is_empty() || has_table,
+            registering: AtomicBool::new(false),
             state: Mutex::new(UnlState {
                 unl,
                 published_seq: None,

@@ -50,6 +50,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -59,7 +60,7 @@ use natkit_identity::{IdentityError, Keypair, NodeId};
 use natkit_net::{Connection, Net, NetError, NetEvent};
 use natkit_traversal::classify::Classification;
 use natkit_traversal::plan::{self, LocalSituation};
-use natkit_unl::{AddrSource, NatType, Unl, UnlError};
+use natkit_unl::{AddrSource, MAX_RENDEZVOUS, NatType, Unl, UnlError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -143,6 +144,9 @@ pub enum NodeError {
     /// No DHT node stored the UNL record.
     #[error("cannot publish this node's UNL in the DHT: {0}")]
     Publish(#[source] DhtError),
+    /// Registering with rendezvous nodes failed (the DHT node stopped).
+    #[error("cannot register with rendezvous nodes: {0}")]
+    Register(#[source] DhtError),
 }
 
 async fn refresh_loop(node: Weak<Inner>, cancel: CancellationToken) {
@@ -178,6 +182,9 @@ struct Inner {
     port: u16,
     lan: Vec<IpAddr>,
     publishing: bool,
+    /// Whether the background registration with rendezvous nodes was started
+    /// (once, when our NAT type is not open; the DHT keeps it up from then on).
+    registering: AtomicBool,
     state: Mutex<UnlState>,
     /// One publish at a time, so that seqs reach the DHT in order.
     publish_lock: tokio::sync::Mutex<()>,
@@ -307,8 +314,19 @@ impl Node {
             Ok(c) => c.class,
             Err(_) => return Ok(()), // shut down
         };
-        let fresh = record::own_unl(self.id(), &inner.lan, inner.port, observed, class)
+        let mut fresh = record::own_unl(self.id(), &inner.lan, inner.port, observed, class)
             .map_err(NodeError::Unl)?;
+        // Not before the DHT has seen us: until then "unknown" says nothing.
+        if observed.is_some() && fresh.nat != NatType::Open {
+            self.register_in_background();
+        }
+        let points = match inner.dht.rendezvous_points().await {
+            Ok(p) => p,
+            Err(_) => return Ok(()), // shut down
+        };
+        for p in points.into_iter().take(MAX_RENDEZVOUS) {
+            fresh.add_rendezvous(p).map_err(NodeError::Unl)?;
+        }
         let (unl, seq) = {
             let mut st = self.state();
             let changed = !record::same_reach(&st.unl, &fresh);
@@ -355,6 +373,59 @@ impl Node {
             }
             Err(e) => Err(NodeError::Publish(e)),
         }
+    }
+
+    /// Starts registering with rendezvous nodes in the background, once (from
+    /// [`Node::refresh`] when the DHT has seen us and our NAT type is not
+    /// open): such a node cannot be reached unsolicited, so peers
+    /// need rendezvous points to reach it through. When the registration
+    /// answers, the UNL is remade with the points and republished. The task
+    /// ends at [`Node::shutdown`], or once the registration and that publish
+    /// have answered (each bounded by the DHT's timeouts).
+    fn register_in_background(&self) {
+        if self.inner.registering.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let node = self.clone();
+        let cancel = self.inner.cancel.clone();
+        self.inner.tracker.spawn(
+            async move {
+                tokio::select! {
+                    () = cancel.cancelled() => {}
+                    r = node.register_rendezvous() => match r {
+                        Ok(points) => tracing::info!(?points, "registered with rendezvous nodes"),
+                        Err(e) => tracing::info!(error = %e, "could not register with rendezvous nodes"),
+                    }
+                }
+            }
+            .instrument(self.inner.span.clone()),
+        );
+    }
+
+    /// Registers with rendezvous nodes now ([`Dht::register`]; the DHT keeps
+    /// the registrations alive from then on) and lists them in the UNL
+    /// (republished when it changes); returns the rendezvous points, empty if
+    /// none accepted yet. A node whose NAT type is not open does this by
+    /// itself in the background.
+    ///
+    /// ```no_run
+    /// # async fn demo(node: natkit::Node) -> Result<(), natkit::node::NodeError> {
+    /// let points = node.register_rendezvous().await?;
+    /// println!("reachable through {points:?}; UNL: {}", node.unl().emit());
+    /// # Ok(()) }
+    /// ```
+    pub async fn register_rendezvous(&self) -> Result<Vec<std::net::SocketAddr>, NodeError> {
+        self.inner.registering.store(true, Ordering::SeqCst);
+        let points = self
+            .inner
+            .dht
+            .register()
+            .await
+            .map_err(NodeError::Register)?;
+        if let Err(e) = self.refresh(false).await {
+            tracing::info!(error = %e, "could not publish the UNL; will retry");
+        }
+        Ok(points)
     }
 
     /// What our NAT does to UDP, from the addresses the DHT's nodes saw our
