@@ -530,9 +530,9 @@ async fn graceful_close_flushes_queued_lines() {
     b.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_close_that_times_out_says_lines_may_be_lost() {
-    // b never reads: TCP backs up, and a's graceful close cannot send its queue in time.
+/// `a` (with `a_config`'s other settings) connected to a `b` that never reads: b's receive
+/// queue is 1 KiB, a's send queue 128 KiB of at most 1 KiB lines.
+async fn to_a_peer_that_never_reads(a_config: NetConfig) -> (Net, Net, Connection) {
     let b = net(
         2,
         NetConfig {
@@ -544,26 +544,39 @@ async fn a_close_that_times_out_says_lines_may_be_lost() {
     let a = net(
         1,
         NetConfig {
-            close_timeout: Duration::from_millis(300),
             send_queue_bytes: 128 * 1024,
             max_line_bytes: 1024,
-            ..cfg()
+            ..a_config
         },
     )
     .await;
     let ab = a.connect(b.local_addr(), b.node_id()).await.unwrap();
-    // Fill the kernel's buffers and then our send queue (yielding lets the writer drain into
-    // the socket until TCP backs up).
-    let line = "x".repeat(1000);
-    let mut full = false;
+    (a, b, ab)
+}
+
+/// Sends 1,000-byte lines until the send queue is full (yielding lets the writer drain into
+/// the socket until TCP backs up); whether it filled, with the error that said so.
+async fn fill_send_queue(ab: &Connection) -> Result<(), SendError> {
+    let line = "z".repeat(1000);
     for _ in 0..200_000 {
-        if ab.send_line(&line).is_err() {
-            full = true;
-            break;
-        }
+        ab.send_line(&line)?;
         tokio::task::yield_now().await;
     }
-    assert!(full, "the send queue never filled");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_close_that_times_out_says_lines_may_be_lost() {
+    // b never reads: TCP backs up, and a's graceful close cannot send its queue in time.
+    let close_soon = NetConfig {
+        close_timeout: Duration::from_millis(300),
+        ..cfg()
+    };
+    let (a, b, ab) = to_a_peer_that_never_reads(close_soon).await;
+    assert!(
+        matches!(fill_send_queue(&ab).await, Err(SendError::QueueFull)),
+        "the send queue never filled"
+    );
     ab.close();
     timeout(T, ab.closed()).await.expect("the close ends");
     assert!(!ab.all_sent(), "lines were left unsent, and it says so");
@@ -574,37 +587,8 @@ async fn a_close_that_times_out_says_lines_may_be_lost() {
 #[tokio::test]
 async fn a_full_send_queue_is_reported_not_blocking() {
     // b never reads: its receive queue fills, TCP backs up, our send queue fills.
-    let b = net(
-        2,
-        NetConfig {
-            recv_queue_bytes: 1024,
-            ..cfg()
-        },
-    )
-    .await;
-    let a = net(
-        1,
-        NetConfig {
-            send_queue_bytes: 128 * 1024,
-            max_line_bytes: 1024,
-            ..cfg()
-        },
-    )
-    .await;
-    let ab = a.connect(b.local_addr(), b.node_id()).await.unwrap();
-    let line = "z".repeat(1000);
-    let mut full = false;
-    for _ in 0..200_000 {
-        match ab.send_line(&line) {
-            Ok(()) => {}
-            Err(SendError::QueueFull) => {
-                full = true;
-                break;
-            }
-            Err(e) => panic!("{e}"),
-        }
-        tokio::task::yield_now().await;
-    }
+    let (a, b, ab) = to_a_peer_that_never_reads(cfg()).await;
+    let full = matches!(fill_send_queue(&ab).await, Err(SendError::QueueFull));
     assert!(full, "the send queue never filled");
     // The async send waits instead; it completes once b reads.
     let ba = b.connection(&a.node_id()).unwrap();
