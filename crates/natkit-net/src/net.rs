@@ -176,6 +176,18 @@ impl Net {
         .await
     }
 
+    /// Like [`connect`](Net::connect), from a fresh port rather than the listen port: for a
+    /// dial that runs beside a hole punch toward the same address, whose 4-tuple (listen port
+    /// to listen port) it must leave free.
+    pub async fn connect_from_fresh_port(
+        &self,
+        addr: SocketAddr,
+        expected: NodeId,
+    ) -> Result<Connection, NetError> {
+        self.dial(addr, expected, Role::Initiator, socket::DialFrom::Fresh)
+            .await
+    }
+
     /// Like [`connect`](Net::connect), with the handshake role given: after a
     /// TCP simultaneous open both sides dialed, and exactly one must be the
     /// initiator (hole punching decides it from the UNLs). The dial leaves from
@@ -246,7 +258,7 @@ impl Net {
                             NetError::Connect { addr, source }
                         }
                     })?;
-            if fresh_port {
+            if fresh_port && from != socket::DialFrom::Fresh {
                 tracing::info!("dialed from a fresh port (listen port's 4-tuple was taken)");
             }
             let opts = HandshakeOptions {

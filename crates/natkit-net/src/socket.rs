@@ -44,6 +44,10 @@ pub enum DialFrom {
     /// The listen port if the kernel allows it, else a fresh port (the 4-tuple to this peer is
     /// taken, e.g. by a connection still open): for ordinary dials.
     ListenPortOrFresh,
+    /// A fresh port: an ordinary dial that must not take the 4-tuple of a hole punch running
+    /// toward the same peer address (a punch dial from the listen port would be refused, and
+    /// the peer's punch SYN would meet this socket instead, with the wrong handshake role).
+    Fresh,
 }
 
 /// Whether `e` is the kernel refusing to dial from a shared port: the 4-tuple is taken
@@ -62,6 +66,9 @@ pub async fn connect(
     from: DialFrom,
 ) -> io::Result<(TcpStream, bool)> {
     let attempt = async {
+        if from == DialFrom::Fresh {
+            return connect_from(None, peer).await.map(|s| (s, true));
+        }
         match connect_from(Some(local), peer).await {
             Ok(s) => Ok((s, false)),
             Err(e) if from == DialFrom::ListenPortOrFresh && is_port_refused(&e) => {
