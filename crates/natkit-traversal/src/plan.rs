@@ -16,7 +16,8 @@
 //!    connections whatever the NAT type.
 //! 3. [`AttemptKind::Direct`]: each observed address, when the peer is
 //!    reachable (node type `reachable`, or an `open` NAT with an unknown node
-//!    type).
+//!    type). For the second, unconfirmed kind (a firewall looks the same) a
+//!    punch follows, no earlier than [`UNCONFIRMED_PUNCH_DELAY`].
 //! 4. [`AttemptKind::Punch`] when both NAT types are known and punchable.
 //! 5. [`AttemptKind::Reverse`]: when we are reachable (dial-backs or a port
 //!    mapping) and the peer is not, ask it through its rendezvous points to
@@ -25,7 +26,7 @@
 //!    prevents a punch, it only puts it after the surer ways.
 //!
 //! A punch (TCP simultaneous open, see [`crate::punch`]) is planned when the
-//! peer is not reachable, neither side has a `random` NAT (a new port per
+//! peer is not confirmed reachable, neither side has a `random` NAT (a new port per
 //! destination: the lab shows that cone × symmetric and symmetric × symmetric
 //! both fail without port guessing) and the peer does not call itself
 //! `outbound-only`. An `incrementing` peer NAT adds predicted ports
@@ -55,6 +56,14 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// (several hops, each a UDP round trip with retransmits), then the peer
 /// dials us.
 pub const REVERSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Earliest start of the hole punch planned after the direct attempts to a
+/// peer that looks reachable (an `open` NAT) without having said so (node type
+/// `unknown`): a firewall that drops unsolicited SYNs looks the same from
+/// outside. The direct dial usually wins well before this, and the punch is
+/// then never started (no message sent); behind a firewall it starts after
+/// about one second instead of after the direct dial's timeout.
+pub const UNCONFIRMED_PUNCH_DELAY: Duration = Duration::from_secs(1);
 
 /// Predicted ports tried for a peer behind an incrementing NAT: other flows
 /// through that NAT may take the next one or two ports first.
@@ -210,7 +219,12 @@ pub fn plan(us: &LocalSituation, peer: &Unl, now: Instant) -> Result<Plan, NoPat
     if kinds.is_empty() {
         return Err(internet.unwrap_or(NoPath::NoAddresses));
     }
-    Ok(schedule(kinds, internet, now))
+    let punch_floor = if peer_reachable(peer) {
+        UNCONFIRMED_PUNCH_DELAY
+    } else {
+        Duration::ZERO
+    };
+    Ok(schedule(kinds, internet, punch_floor, now))
 }
 
 /// Whether two addresses are on one LAN: same family, same first
@@ -322,8 +336,14 @@ fn punchable(nat: NatType) -> bool {
     nat != NatType::Random
 }
 
+/// Reachable by its own say-so (a dial-back confirmed it), not only by
+/// having no NAT.
+fn peer_confirmed_reachable(peer: &Unl) -> bool {
+    peer.node == NodeType::Reachable
+}
+
 fn can_punch(us: &LocalSituation, peer: &Unl) -> bool {
-    !peer_reachable(peer)
+    !peer_confirmed_reachable(peer)
         && punchable(us.nat)
         && punchable(peer.nat)
         && peer.node != NodeType::OutboundOnly
@@ -338,11 +358,17 @@ fn internet_attempts(us: &LocalSituation, peer: &Unl) -> Vec<AttemptKind> {
         out.extend(direct_addrs(peer).into_iter().map(AttemptKind::Direct));
     }
     let punch = can_punch(us, peer).then(|| punch_attempt(peer));
+    if peer_reachable(peer) {
+        // Open but unconfirmed: perhaps a firewall; the punch is the fallback
+        // (scheduled no earlier than UNCONFIRMED_PUNCH_DELAY).
+        out.extend(punch);
+        return out;
+    }
     let sure = us.nat != NatType::Unknown && peer.nat != NatType::Unknown;
     if sure {
         out.extend(punch.clone());
     }
-    if (us.reachable || us.port_mapped) && !peer_reachable(peer) {
+    if us.reachable || us.port_mapped {
         out.push(AttemptKind::Reverse {
             rendezvous: peer.rendezvous.clone(),
         });
@@ -362,7 +388,7 @@ fn direct_addrs(peer: &Unl) -> Vec<SocketAddr> {
 }
 
 fn punch_attempt(peer: &Unl) -> AttemptKind {
-    let observed = peer_addrs(peer, |s| s == AddrSource::Observed);
+    let observed = direct_addrs(peer);
     let mut peer_addrs = observed.clone();
     if let NatType::Incrementing { delta } = peer.nat {
         for o in &observed {
@@ -399,12 +425,20 @@ fn no_path_reason(us: &LocalSituation, peer: &Unl) -> NoPath {
     }
 }
 
-fn schedule(kinds: Vec<AttemptKind>, internet: Option<NoPath>, now: Instant) -> Plan {
+fn schedule(
+    kinds: Vec<AttemptKind>,
+    internet: Option<NoPath>,
+    punch_floor: Duration,
+    now: Instant,
+) -> Plan {
     let attempts: Vec<Attempt> = kinds
         .into_iter()
         .zip(0u32..)
         .map(|(kind, i)| {
-            let delay = ATTEMPT_STAGGER * i;
+            let mut delay = ATTEMPT_STAGGER * i;
+            if matches!(kind, AttemptKind::Punch { .. }) {
+                delay = delay.max(punch_floor);
+            }
             let start_at = now + delay;
             let give_up_at = start_at + kind.timeout();
             Attempt {

@@ -129,6 +129,23 @@ fn open_peer_with_unknown_node_type_is_dialed_on_all_its_addresses() {
         .unwrap();
     peer.nat = NatType::Open;
     let p = plan(&alice(NatType::Consistent), &peer, Instant::now()).unwrap();
+    // Unconfirmed: a firewall looks the same, so a punch follows, late.
+    assert_eq!(
+        kinds(&p),
+        vec![
+            AttemptKind::Direct(sa("198.51.100.130:50500")),
+            AttemptKind::Punch {
+                peer_addrs: vec![sa("198.51.100.130:50500")],
+                rendezvous: vec![],
+            }
+        ]
+    );
+    assert_eq!(p.attempts[0].delay, Duration::ZERO);
+    assert_eq!(p.attempts[1].delay, UNCONFIRMED_PUNCH_DELAY);
+
+    // Confirmed reachable: the dial alone.
+    peer.node = NodeType::Reachable;
+    let p = plan(&alice(NatType::Consistent), &peer, Instant::now()).unwrap();
     assert_eq!(
         kinds(&p),
         vec![AttemptKind::Direct(sa("198.51.100.130:50500"))]

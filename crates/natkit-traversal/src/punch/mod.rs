@@ -47,7 +47,7 @@ mod types;
 pub mod wire;
 
 pub use types::{DialResult, Output, PunchConfig, PunchError, PunchFailure, PunchRole};
-pub use wire::{CancelReason, Message, MessageType};
+pub use wire::{CancelReason, Message, MessageType, Signal};
 
 /// Attempts per punch (DCUtR: 3; 97.6% of the successes measured in the
 /// wild came on the first).

@@ -6,14 +6,20 @@
 //! | field | bytes | contents |
 //! |---|---|---|
 //! | version | 1 | [`WIRE_VERSION`] |
-//! | type | 1 | [`MessageType`]: 1 `Connect`, 2 `ConnectReply`, 3 `Sync`, 4 `Cancel` |
+//! | type | 1 | [`MessageType`]: 1 `Connect`, 2 `ConnectReply`, 3 `Sync`, 4 `Cancel`, 5 `Reverse` |
 //! | correlation id | 8 | chosen by the initiator, the same in every message of one punch |
 //! | attempt | 1 | 1 for the first attempt, never 0 |
-//! | body | | `Connect`/`ConnectReply`: a count (0 to [`MAX_PUNCH_ADDRS`]), then per address a family byte (4 or 6), the IP (4 or 16 bytes) and the TCP port (2, never 0). `Sync`: empty. `Cancel`: one [`CancelReason`] byte. |
+//! | body | | `Connect`/`ConnectReply`/`Reverse`: a count (0 to [`MAX_PUNCH_ADDRS`]), then per address a family byte (4 or 6), the IP (4 or 16 bytes) and the TCP port (2, never 0). `Sync`: empty. `Cancel`: one [`CancelReason`] byte. |
 //!
 //! Nothing may follow the body. The largest message (8 IPv6 addresses) is
 //! 164 bytes. [`Message::parse`] never panics; every failure is a
 //! [`WireError`]. [`Message::emit`] is its exact inverse.
+//!
+//! On the rendezvous channel each message travels in a [`Signal`]: first the
+//! sender's rendezvous points to answer through (a count, 0 to
+//! [`MAX_REPLY_VIA`], then addresses as above, UDP ports), then the message.
+//! A node behind NAT can only be reached through the rendezvous nodes it
+//! registered with, and the receiver would otherwise have to look them up.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -26,6 +32,9 @@ pub const MAX_MESSAGE_BYTES: usize = 512;
 
 /// Most addresses in one `Connect` or `ConnectReply`: the UNL's limit.
 pub const MAX_PUNCH_ADDRS: usize = 8;
+
+/// Most rendezvous points in a [`Signal`] (the UNL's limit).
+pub const MAX_REPLY_VIA: usize = 4;
 
 const HEADER_BYTES: usize = 11;
 const FAMILY_V4: u8 = 4;
@@ -42,6 +51,9 @@ pub enum MessageType {
     Sync = 3,
     /// Either way: I give up this punch.
     Cancel = 4,
+    /// A reachable node to one that is not: dial me (a reverse connect; no
+    /// simultaneous open). Answered only by `Cancel` when refused.
+    Reverse = 5,
 }
 
 impl MessageType {
@@ -51,6 +63,7 @@ impl MessageType {
             2 => Ok(MessageType::ConnectReply),
             3 => Ok(MessageType::Sync),
             4 => Ok(MessageType::Cancel),
+            5 => Ok(MessageType::Reverse),
             other => Err(WireError::UnknownType(other)),
         }
     }
@@ -121,6 +134,17 @@ pub enum Message {
         /// Why.
         reason: CancelReason,
     },
+    /// Dial me: the sender is reachable at these public TCP addresses.
+    Reverse {
+        /// Correlation id (for a `Cancel` back).
+        id: u64,
+        /// 1 (a reverse connect has one attempt; the field keeps the header
+        /// the same for every type).
+        attempt: u8,
+        /// The sender's public addresses (the receiver dials only those on
+        /// the IP address the message came from).
+        addrs: Vec<SocketAddr>,
+    },
 }
 
 /// Everything that can be wrong with a punch message.
@@ -164,6 +188,55 @@ pub enum WireError {
     /// Bytes after the end of the message.
     #[error("{0} unexpected bytes after the punch message")]
     TrailingBytes(usize),
+    /// More reply-via addresses than [`MAX_REPLY_VIA`].
+    #[error("{0} reply-via addresses in a signal; at most {MAX_REPLY_VIA}")]
+    TooManyVia(usize),
+}
+
+/// A message with the sender's rendezvous points, as carried on the
+/// rendezvous channel (see the [module docs](self)).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Signal {
+    /// Where to send the answer: the sender's rendezvous points (UDP).
+    pub reply_via: Vec<SocketAddr>,
+    /// The message.
+    pub message: Message,
+}
+
+impl Signal {
+    /// Parses a signal. Never panics.
+    pub fn parse(bytes: &[u8]) -> Result<Signal, WireError> {
+        let max = MAX_MESSAGE_BYTES + 1 + MAX_REPLY_VIA * 19;
+        if bytes.len() > max {
+            return Err(WireError::TooLong {
+                len: bytes.len(),
+                max,
+            });
+        }
+        let mut r = Reader { rest: bytes };
+        let count = usize::from(r.u8("reply-via count")?);
+        if count > MAX_REPLY_VIA {
+            return Err(WireError::TooManyVia(count));
+        }
+        let reply_via = (0..count)
+            .map(|_| read_addr(&mut r))
+            .collect::<Result<_, _>>()?;
+        Ok(Signal {
+            reply_via,
+            message: Message::parse(r.rest)?,
+        })
+    }
+
+    /// The wire form; refuses what [`parse`](Signal::parse) would refuse.
+    pub fn emit(&self) -> Result<Vec<u8>, WireError> {
+        if self.reply_via.len() > MAX_REPLY_VIA {
+            return Err(WireError::TooManyVia(self.reply_via.len()));
+        }
+        let mut out = Vec::new();
+        write_addrs(&mut out, &self.reply_via)?;
+        out.extend_from_slice(&self.message.emit()?);
+        Ok(out)
+    }
 }
 
 impl Message {
@@ -173,7 +246,8 @@ impl Message {
             Message::Connect { id, .. }
             | Message::ConnectReply { id, .. }
             | Message::Sync { id, .. }
-            | Message::Cancel { id, .. } => *id,
+            | Message::Cancel { id, .. }
+            | Message::Reverse { id, .. } => *id,
         }
     }
 
@@ -183,7 +257,8 @@ impl Message {
             Message::Connect { attempt, .. }
             | Message::ConnectReply { attempt, .. }
             | Message::Sync { attempt, .. }
-            | Message::Cancel { attempt, .. } => *attempt,
+            | Message::Cancel { attempt, .. }
+            | Message::Reverse { attempt, .. } => *attempt,
         }
     }
 
@@ -194,6 +269,7 @@ impl Message {
             Message::ConnectReply { .. } => MessageType::ConnectReply,
             Message::Sync { .. } => MessageType::Sync,
             Message::Cancel { .. } => MessageType::Cancel,
+            Message::Reverse { .. } => MessageType::Reverse,
         }
     }
 
@@ -233,6 +309,11 @@ impl Message {
                 attempt,
                 reason: CancelReason::from_byte(r.u8("cancel reason")?)?,
             },
+            MessageType::Reverse => Message::Reverse {
+                id,
+                attempt,
+                addrs: read_addrs(&mut r)?,
+            },
         };
         match r.rest.len() {
             0 => Ok(msg),
@@ -252,7 +333,9 @@ impl Message {
         out.extend_from_slice(&self.id().to_be_bytes());
         out.push(self.attempt());
         match self {
-            Message::Connect { addrs, .. } | Message::ConnectReply { addrs, .. } => {
+            Message::Connect { addrs, .. }
+            | Message::ConnectReply { addrs, .. }
+            | Message::Reverse { addrs, .. } => {
                 write_addrs(&mut out, addrs)?;
             }
             Message::Sync { .. } => {}

@@ -41,6 +41,50 @@ fn sync_and_cancel_are_short() {
 }
 
 #[test]
+fn reverse_is_type_5_with_addresses() {
+    let msg = Message::Reverse {
+        id: 9,
+        attempt: 1,
+        addrs: vec![sa("203.0.113.10:50500")],
+    };
+    let bytes = msg.emit().unwrap();
+    assert_eq!(
+        bytes,
+        vec![
+            1, 5, 0, 0, 0, 0, 0, 0, 0, 9, 1, 1, 4, 203, 0, 113, 10, 0xc5, 0x44
+        ]
+    );
+    assert_eq!(Message::parse(&bytes).unwrap(), msg);
+    assert_eq!(msg.kind(), MessageType::Reverse);
+}
+
+#[test]
+fn a_signal_is_the_reply_via_list_then_the_message() {
+    let sig = Signal {
+        reply_via: vec![sa("203.0.113.100:4000")],
+        message: Message::Sync { id: 7, attempt: 2 },
+    };
+    let bytes = sig.emit().unwrap();
+    assert_eq!(
+        bytes,
+        vec![
+            1, 4, 203, 0, 113, 100, 0x0f, 0xa0, 1, 3, 0, 0, 0, 0, 0, 0, 0, 7, 2
+        ]
+    );
+    assert_eq!(Signal::parse(&bytes).unwrap(), sig);
+    assert_eq!(Signal::parse(&[5]), Err(WireError::TooManyVia(5)));
+    assert_eq!(
+        Signal::parse(&[0]),
+        Err(WireError::Truncated { field: "version" })
+    );
+    let five = Signal {
+        reply_via: vec![sa("203.0.113.100:4000"); 5],
+        message: Message::Sync { id: 7, attempt: 2 },
+    };
+    assert_eq!(five.emit(), Err(WireError::TooManyVia(5)));
+}
+
+#[test]
 fn the_largest_message_fits_a_rendezvous_payload() {
     let addrs = (1..=8)
         .map(|p| SocketAddr::new(IpAddr::from([0x20; 16]), p))
@@ -163,10 +207,17 @@ fn message() -> impl Strategy<Value = Message> {
         (any::<u64>(), attempt.clone(), addrs())
             .prop_map(|(id, attempt, addrs)| Message::ConnectReply { id, attempt, addrs }),
         (any::<u64>(), attempt.clone()).prop_map(|(id, attempt)| Message::Sync { id, attempt }),
-        (any::<u64>(), attempt, reason()).prop_map(|(id, attempt, reason)| Message::Cancel {
+        (any::<u64>(), attempt.clone(), reason()).prop_map(|(id, attempt, reason)| {
+            Message::Cancel {
+                id,
+                attempt,
+                reason,
+            }
+        }),
+        (any::<u64>(), attempt, addrs()).prop_map(|(id, attempt, addrs)| Message::Reverse {
             id,
             attempt,
-            reason
+            addrs
         }),
     ]
 }
@@ -182,6 +233,17 @@ proptest! {
     #[test]
     fn parse_never_panics_on_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..700)) {
         let _ = Message::parse(&bytes);
+        let _ = Signal::parse(&bytes);
+    }
+
+    #[test]
+    fn signal_parse_inverts_emit(
+        msg in message(),
+        reply_via in proptest::collection::vec(addr(), 0..=MAX_REPLY_VIA),
+    ) {
+        let sig = Signal { reply_via, message: msg };
+        let bytes = sig.emit().unwrap();
+        prop_assert_eq!(Signal::parse(&bytes).unwrap(), sig);
     }
 
     #[test]
