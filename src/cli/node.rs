@@ -34,11 +34,9 @@ use super::text::escape_controls;
 use super::{Cli, usage};
 use crate::node::{Node, NodeBuilder, Target};
 
-/// How long `run` tries to publish its UNL before giving up (exit 1).
+/// How long `run` tries to become reachable by id (publish its UNL, with
+/// rendezvous points) before giving up (exit 1).
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Pause between two publish attempts of `run`.
-const PUBLISH_RETRY: Duration = Duration::from_millis(500);
 
 /// Longest wait of `showtype` for reports.
 pub const SHOWTYPE_WAIT: Duration = Duration::from_secs(3);
@@ -163,22 +161,14 @@ pub fn run(cli: &Cli, args: &BindArgs) -> anyhow::Result<()> {
 async fn run_events(json: bool, node: &Node) -> anyhow::Result<()> {
     // Events are queued from here on: nothing that happens after `ready` is lost.
     let mut events = std::pin::pin!(node.events());
-    let deadline = Instant::now() + PUBLISH_TIMEOUT;
-    while node.published_seq().is_none() {
-        match node.publish().await {
-            Ok(_) => break,
-            Err(e) if Instant::now() >= deadline => {
-                return Err(e).context(format!(
-                    "gave up publishing this node's UNL after {} s",
-                    PUBLISH_TIMEOUT.as_secs()
-                ));
-            }
-            Err(e) => {
-                tracing::info!(error = %e, "could not publish the UNL yet; retrying");
-                tokio::time::sleep(PUBLISH_RETRY).await;
-            }
-        }
-    }
+    node.wait_reachable(PUBLISH_TIMEOUT)
+        .await
+        .with_context(|| {
+            format!(
+                "gave up making this node reachable by id after {} s",
+                PUBLISH_TIMEOUT.as_secs()
+            )
+        })?;
     let unl = node.unl().emit();
     if json {
         println!("{}", json!({"event": "ready", "id": node.id(), "unl": unl}));

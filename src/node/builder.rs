@@ -198,14 +198,34 @@ impl NodeBuilder {
             state: Mutex::new(UnlState {
                 unl,
                 published_seq: None,
+                published: None,
                 last_seq: 0,
             }),
             publish_lock: tokio::sync::Mutex::new(()),
+            traversal: super::traverse::Traversal::new(),
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
             span,
         });
         let node = Node { inner };
+        // Subscribed before the first publish, so no request is missed.
+        let inbox = node
+            .inner
+            .dht
+            .messages_on(natkit_dht::rendezvous::CHANNEL_TRAVERSAL)
+            .await
+            .map_err(|source| NodeError::Dht {
+                addr: node.inner.dht.local_addr(),
+                source,
+            })?;
+        node.inner.tracker.spawn(
+            super::traverse::dispatch_loop(
+                Arc::downgrade(&node.inner),
+                inbox,
+                node.inner.cancel.clone(),
+            )
+            .instrument(node.inner.span.clone()),
+        );
         if let Err(e) = node.refresh(false).await {
             tracing::warn!(parent: &node.inner.span, error = %e, "could not publish the UNL; retrying in the background");
         }

@@ -1,21 +1,25 @@
-//! Running a connect plan's direct attempts (LAN, mapped, direct): staggered,
-//! racing, the first authenticated connection wins. Reverse connects and hole
-//! punching are the traversal driver's (not here yet): a plan that needs them
-//! ends in [`ConnectError::NeedsTraversal`].
+//! Running a connect plan: its attempts (LAN, mapped and direct dials,
+//! reverse connects and hole punches, see `traverse.rs`) start staggered and
+//! race; the first authenticated connection wins and the others are dropped.
 
 use std::fmt;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use natkit_dht::dht::DhtError;
 use natkit_identity::NodeId;
-use natkit_net::{Connection, Net, NetError};
-use natkit_traversal::plan::{ATTEMPT_STAGGER, Attempt, AttemptKind, NoPath, Plan};
+use natkit_net::{Connection, NetError};
+use natkit_traversal::plan::{ATTEMPT_STAGGER, AttemptKind, NoPath, Plan};
+use natkit_traversal::punch::PunchFailure;
 use natkit_unl::{AddrSource, Unl};
 
+use super::Node;
 use super::record::RecordError;
+use super::traverse::{TraversalError, Traversed};
 
 /// How a connection was made.
 ///
@@ -23,6 +27,7 @@ use super::record::RecordError;
 /// use natkit::node::PathKind;
 ///
 /// assert_eq!(PathKind::Lan.to_string(), "lan");
+/// assert_eq!(PathKind::Punched.to_string(), "punched");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -35,6 +40,10 @@ pub enum PathKind {
     Mapped,
     /// Dialed the public address of a reachable peer.
     Direct,
+    /// Asked the peer, through its rendezvous points, to dial us; it did.
+    Reverse,
+    /// A TCP hole punch (simultaneous open), coordinated through rendezvous.
+    Punched,
 }
 
 impl fmt::Display for PathKind {
@@ -43,6 +52,8 @@ impl fmt::Display for PathKind {
             PathKind::Lan => "lan",
             PathKind::Mapped => "mapped",
             PathKind::Direct => "direct",
+            PathKind::Reverse => "reverse",
+            PathKind::Punched => "punched",
         })
     }
 }
@@ -57,7 +68,9 @@ impl fmt::Display for PathKind {
 ///     kind: PathKind::Direct,
 ///     addr: "127.0.0.1:50500".parse().unwrap(),
 ///     lookup: Some(Duration::from_millis(3)),
+///     signal_rtt: None,
 ///     elapsed: Duration::from_millis(2),
+///     retried: false,
 /// };
 /// assert_eq!(path.to_string(), "direct 127.0.0.1:50500");
 /// ```
@@ -65,14 +78,20 @@ impl fmt::Display for PathKind {
 pub struct Path {
     /// How.
     pub kind: PathKind,
-    /// The peer address dialed.
+    /// The peer's address on the connection.
     pub addr: SocketAddr,
     /// How long the DHT lookup of the peer's UNL took (`None` when connecting
-    /// to a UNL).
+    /// to a UNL that was not refreshed).
     pub lookup: Option<Duration>,
-    /// From the start of the plan to the authenticated connection (the lookup
-    /// not included).
+    /// For a hole punch: the round trip of the rendezvous exchange (our
+    /// `Connect` to the peer's reply), which timed the dials.
+    pub signal_rtt: Option<Duration>,
+    /// From the start of the plan that connected to the authenticated
+    /// connection (the lookup not included).
     pub elapsed: Duration,
+    /// Whether the first plan failed and this is the second, made from a
+    /// fresh UNL looked up in the DHT (the peer's addresses had changed).
+    pub retried: bool,
 }
 
 impl fmt::Display for Path {
@@ -81,28 +100,48 @@ impl fmt::Display for Path {
     }
 }
 
-/// One direct attempt that did not connect.
+/// Why one attempt failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttemptError {
+    /// A dial (connect and handshake) failed.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// A reverse connect or a hole punch failed.
+    #[error(transparent)]
+    Traversal(#[from] TraversalError),
+}
+
+/// One attempt that did not connect.
 ///
 /// ```
 /// use natkit::net::NetError;
-/// use natkit::node::{DialFailure, PathKind};
+/// use natkit::node::{AttemptFailure, PathKind};
 ///
-/// let f = DialFailure { kind: PathKind::Lan, addr: "10.0.0.2:1".parse().unwrap(), error: NetError::Shutdown };
+/// let f = AttemptFailure {
+///     kind: PathKind::Lan,
+///     addr: Some("10.0.0.2:1".parse().unwrap()),
+///     error: NetError::Shutdown.into(),
+/// };
 /// assert!(f.to_string().starts_with("lan 10.0.0.2:1: "));
 /// ```
 #[derive(Debug)]
-pub struct DialFailure {
+pub struct AttemptFailure {
     /// The attempt's kind.
     pub kind: PathKind,
-    /// The address dialed.
-    pub addr: SocketAddr,
+    /// The address dialed (none for a reverse connect or a punch, which may
+    /// dial several).
+    pub addr: Option<SocketAddr>,
     /// Why it failed.
-    pub error: NetError,
+    pub error: AttemptError,
 }
 
-impl fmt::Display for DialFailure {
+impl fmt::Display for AttemptFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.kind, self.addr, self.error)
+        match self.addr {
+            Some(a) => write!(f, "{} {a}: {}", self.kind, self.error),
+            None => write!(f, "{}: {}", self.kind, self.error),
+        }
     }
 }
 
@@ -117,6 +156,7 @@ impl fmt::Display for DialFailure {
 /// assert!(err.to_string().contains("no UNL in the DHT"));
 /// ```
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// The DHT lookup of the node's UNL failed.
     #[error("cannot look up node {node_id} in the DHT: {source}")]
@@ -149,7 +189,7 @@ pub enum ConnectError {
         /// What is wrong with it.
         source: RecordError,
     },
-    /// The planner found no way at all (ourselves, or nothing to dial).
+    /// The planner found no way at all (ourselves, or nothing to try).
     #[error("no way to reach node {node_id}: {source}")]
     NoPath {
         /// The peer.
@@ -157,50 +197,28 @@ pub enum ConnectError {
         /// The planner's reason.
         source: NoPath,
     },
-    /// The plan needs NAT traversal (reverse connect or hole punching), which
-    /// this version does not do yet; the direct attempts, if any, failed.
+    /// Every attempt of the plan failed (and of the second plan, when a fresh
+    /// UNL was found in the DHT).
     #[error(
-        "node {node_id} needs NAT traversal ({}), which natkit cannot do yet{}",
-        describe_attempts(.attempts),
-        describe_failures(.failures, "; the direct attempts failed: ")
-    )]
-    NeedsTraversal {
-        /// The traversal attempts of the plan, not made.
-        attempts: Vec<Attempt>,
-        /// The direct attempts made first, all failed.
-        failures: Vec<DialFailure>,
-        /// The peer.
-        node_id: NodeId,
-    },
-    /// Every attempt of the plan (all direct) failed.
-    #[error(
-        "cannot connect to node {node_id}{}",
-        describe_failures(.failures, ": ")
+        "cannot connect to node {node_id}{}{}",
+        describe_failures(.failures, ": "),
+        .internet.map(|n| format!("; {n}")).unwrap_or_default()
     )]
     AllFailed {
         /// The peer.
         node_id: NodeId,
-        /// Each attempt's failure.
-        failures: Vec<DialFailure>,
+        /// Each attempt's failure, in the order they ended.
+        failures: Vec<AttemptFailure>,
+        /// When only LAN attempts were possible: why nothing over the internet
+        /// can work.
+        internet: Option<NoPath>,
     },
     /// The node is shut down.
     #[error("the node is shut down")]
     Shutdown,
 }
 
-fn describe_attempts(attempts: &[Attempt]) -> String {
-    let names: Vec<&str> = attempts
-        .iter()
-        .map(|a| match a.kind {
-            AttemptKind::Reverse { .. } => "reverse connect",
-            AttemptKind::Punch { .. } => "hole punching",
-            AttemptKind::Lan(_) | AttemptKind::Mapped(_) | AttemptKind::Direct(_) => "dial",
-        })
-        .collect();
-    names.join(", ")
-}
-
-fn describe_failures(failures: &[DialFailure], lead: &str) -> String {
+fn describe_failures(failures: &[AttemptFailure], lead: &str) -> String {
     if failures.is_empty() {
         return String::new();
     }
@@ -208,121 +226,179 @@ fn describe_failures(failures: &[DialFailure], lead: &str) -> String {
     format!("{lead}{}", all.join("; "))
 }
 
-/// A direct attempt to make.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Dial {
+/// One attempt to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Step {
     pub(crate) kind: PathKind,
-    pub(crate) addr: SocketAddr,
+    /// The address, for a dial.
+    pub(crate) addr: Option<SocketAddr>,
+    /// For a reverse connect or a punch: where to signal the peer.
+    pub(crate) via: Vec<SocketAddr>,
+    /// For a dial: from a fresh port, as the plan has a punch too (whose
+    /// dials need the listen port's 4-tuples).
+    pub(crate) fresh_port: bool,
+    /// From the start of the plan.
+    pub(crate) delay: Duration,
     pub(crate) timeout: Duration,
 }
 
-/// Splits a plan into its direct attempts (in order) and the traversal ones.
-/// When we are bound to loopback or to every interface, the peer's loopback
-/// LAN addresses come first, as LAN attempts: the planner leaves loopback out
-/// (it is another host's loopback, in general), but two nodes on one host
-/// reach each other there, and dialing it elsewhere only fails the handshake.
-pub(crate) fn split(plan: Plan, bind_ip: IpAddr, peer: &Unl) -> (Vec<Dial>, Vec<Attempt>) {
-    let mut dials: Vec<Dial> = Vec::new();
+/// The plan's attempts as steps. When we are bound to loopback or to every
+/// interface, the peer's loopback LAN addresses come first, as LAN attempts:
+/// the planner leaves loopback out (it is another host's loopback, in
+/// general), but two nodes on one host reach each other there, and dialing it
+/// elsewhere only fails the handshake. A peer without rendezvous points is
+/// signalled at its observed addresses (its DHT port has the same number).
+pub(crate) fn steps(plan: &Plan, bind_ip: IpAddr, peer: &Unl) -> Vec<Step> {
+    let mut out: Vec<Step> = Vec::new();
     if bind_ip.is_loopback() || bind_ip.is_unspecified() {
-        dials.extend(
+        out.extend(
             peer.addrs
                 .iter()
                 .filter(|c| c.source == AddrSource::Lan && c.addr.ip().is_loopback())
-                .map(|c| Dial {
+                .map(|c| Step {
                     kind: PathKind::Lan,
-                    addr: c.addr,
+                    addr: Some(c.addr),
+                    via: Vec::new(),
+                    fresh_port: false,
+                    delay: Duration::ZERO,
                     timeout: natkit_traversal::plan::DIAL_TIMEOUT,
                 }),
         );
     }
-    let mut traversal = Vec::new();
-    for attempt in plan.attempts {
-        let (kind, addr) = match attempt.kind {
-            AttemptKind::Lan(a) => (PathKind::Lan, a),
-            AttemptKind::Mapped(a) => (PathKind::Mapped, a),
-            AttemptKind::Direct(a) => (PathKind::Direct, a),
-            AttemptKind::Reverse { .. } | AttemptKind::Punch { .. } => {
-                traversal.push(attempt);
-                continue;
+    let signal_via = |rendezvous: &[SocketAddr]| -> Vec<SocketAddr> {
+        if !rendezvous.is_empty() {
+            return rendezvous.to_vec();
+        }
+        peer.addrs
+            .iter()
+            .filter(|c| c.source == AddrSource::Observed)
+            .map(|c| c.addr)
+            .collect()
+    };
+    // After the loopback dials, the plan's own stagger.
+    let shift = if out.is_empty() {
+        Duration::ZERO
+    } else {
+        ATTEMPT_STAGGER
+    };
+    let punching = plan
+        .attempts
+        .iter()
+        .any(|a| matches!(a.kind, AttemptKind::Punch { .. }));
+    for attempt in &plan.attempts {
+        let (kind, addr, via) = match &attempt.kind {
+            AttemptKind::Lan(a) => (PathKind::Lan, Some(*a), Vec::new()),
+            AttemptKind::Mapped(a) => (PathKind::Mapped, Some(*a), Vec::new()),
+            AttemptKind::Direct(a) => (PathKind::Direct, Some(*a), Vec::new()),
+            AttemptKind::Reverse { rendezvous } => {
+                (PathKind::Reverse, None, signal_via(rendezvous))
+            }
+            AttemptKind::Punch { rendezvous, .. } => {
+                (PathKind::Punched, None, signal_via(rendezvous))
             }
         };
-        if !dials.iter().any(|d| d.addr == addr) {
-            dials.push(Dial {
-                kind,
-                addr,
-                timeout: attempt.kind.timeout(),
-            });
+        if addr.is_some() && out.iter().any(|s| s.addr == addr) {
+            continue;
         }
+        out.push(Step {
+            kind,
+            addr,
+            via,
+            fresh_port: punching && addr.is_some(),
+            delay: attempt.delay + shift,
+            timeout: attempt.kind.timeout(),
+        });
     }
-    (dials, traversal)
+    out
 }
 
-/// Runs the dials, one [`ATTEMPT_STAGGER`] apart (the next one at once when
+type Outcome = (Step, Result<(Connection, Option<Duration>), AttemptError>);
+
+/// Runs the steps, each at its delay from now (the next one at once when
 /// every running one has failed), and returns the first connection
-/// authenticated to `peer`; the others are cancelled. Or every failure.
+/// authenticated to `peer` (a dial's, or one a traversal made); the others
+/// are cancelled (a running punch tells the peer). Or every failure.
 pub(crate) async fn race(
-    net: &Net,
+    node: &Node,
     peer: NodeId,
-    dials: Vec<Dial>,
-) -> Result<(Connection, Dial), Vec<DialFailure>> {
-    let mut waiting = dials.into_iter();
-    let mut next = waiting.next();
-    let mut running = FuturesUnordered::new();
+    steps: Vec<Step>,
+) -> Result<(Connection, Step, Option<Duration>), Vec<AttemptFailure>> {
+    let t0 = tokio::time::Instant::now();
+    let mut waiting = steps.into_iter().peekable();
+    let mut running: FuturesUnordered<Pin<Box<dyn Future<Output = Outcome> + Send + '_>>> =
+        FuturesUnordered::new();
     let mut failures = Vec::new();
-    let mut next_at = tokio::time::Instant::now();
     loop {
-        if let Some(d) = next.filter(|_| tokio::time::Instant::now() >= next_at) {
-            let net = net.clone();
-            running.push(async move {
-                let r = tokio::time::timeout(d.timeout, net.connect(d.addr, peer)).await;
-                let r = r.unwrap_or_else(|_| {
-                    Err(NetError::Timeout {
-                        what: "connect and handshake",
-                        addr: d.addr,
-                        secs: d.timeout.as_secs_f64(),
-                    })
-                });
-                (d, r)
-            });
-            next = waiting.next();
-            next_at = tokio::time::Instant::now() + ATTEMPT_STAGGER;
+        while let Some(s) =
+            waiting.next_if(|s| running.is_empty() || tokio::time::Instant::now() >= t0 + s.delay)
+        {
+            running.push(Box::pin(run_step(node, peer, s)));
         }
-        if running.is_empty() && next.is_none() {
+        if running.is_empty() && waiting.peek().is_none() {
             return Err(failures);
         }
+        let next_at = waiting.peek().map(|s| t0 + s.delay);
         tokio::select! {
-            Some((d, r)) = running.next() => match r {
-                Ok(conn) => {
-                    tracing::debug!(peer = %peer.short(), addr = %d.addr, kind = %d.kind, "connected");
-                    return Ok((conn, d));
+            Some((s, r)) = running.next() => match r {
+                Ok((conn, rtt)) => {
+                    tracing::debug!(peer = %peer.short(), addr = %conn.remote_addr(), kind = %s.kind, "connected");
+                    return Ok((conn, s, rtt));
                 }
                 Err(error) => {
-                    tracing::debug!(peer = %peer.short(), addr = %d.addr, kind = %d.kind, %error, "attempt failed");
-                    failures.push(DialFailure { kind: d.kind, addr: d.addr, error });
-                    if running.is_empty() {
-                        next_at = tokio::time::Instant::now();
-                    }
+                    tracing::debug!(peer = %peer.short(), addr = ?s.addr, kind = %s.kind, %error, "attempt failed");
+                    failures.push(AttemptFailure { kind: s.kind, addr: s.addr, error });
                 }
             },
-            () = tokio::time::sleep_until(next_at), if next.is_some() => {}
+            () = sleep_until_opt(next_at) => {}
         }
     }
 }
 
-/// The error for a plan whose direct attempts (if any) failed.
-pub(crate) fn failed(
-    node_id: NodeId,
-    traversal: Vec<Attempt>,
-    failures: Vec<DialFailure>,
-) -> ConnectError {
-    if traversal.is_empty() {
-        ConnectError::AllFailed { node_id, failures }
-    } else {
-        ConnectError::NeedsTraversal {
-            attempts: traversal,
-            failures,
-            node_id,
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn run_step(node: &Node, peer: NodeId, s: Step) -> Outcome {
+    let timeout = s.timeout;
+    let r = match (s.kind, s.addr) {
+        (PathKind::Reverse, _) => timed(timeout, node.reverse(peer, s.via.clone())).await,
+        (PathKind::Punched, _) => timed(timeout, node.punch(peer, s.via.clone())).await,
+        (_, Some(addr)) => {
+            let net = node.net();
+            let dial = async {
+                if s.fresh_port {
+                    net.connect_from_fresh_port(addr, peer).await
+                } else {
+                    net.connect(addr, peer).await
+                }
+            };
+            match tokio::time::timeout(timeout, dial).await {
+                Ok(Ok(c)) => Ok((c, None)),
+                Ok(Err(e)) => Err(e.into()),
+                Err(_) => Err(NetError::Timeout {
+                    what: "connect and handshake",
+                    addr,
+                    secs: timeout.as_secs_f64(),
+                }
+                .into()),
+            }
         }
+        (_, None) => Err(NetError::Shutdown.into()),
+    };
+    (s, r)
+}
+
+async fn timed(
+    timeout: Duration,
+    f: impl Future<Output = Result<Traversed, TraversalError>>,
+) -> Result<(Connection, Option<Duration>), AttemptError> {
+    match tokio::time::timeout(timeout, f).await {
+        Ok(Ok(t)) => Ok((t.conn, t.signal_rtt)),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(TraversalError::Punch(PunchFailure::Timeout).into()),
     }
 }
 
@@ -335,7 +411,7 @@ mod tests {
     use std::time::Instant;
 
     #[test]
-    fn loopback_first_then_the_plan_and_traversal_apart() {
+    fn loopback_first_then_the_plan() {
         let us = Keypair::from_seed([1; 32]).node_id();
         let them = Keypair::from_seed([2; 32]).node_id();
         let mut unl = Unl::new(them);
@@ -344,6 +420,7 @@ mod tests {
         unl.add_addr(AddrSource::Observed, "127.0.0.1:4000".parse().unwrap())
             .unwrap();
         unl.nat = NatType::Open;
+        unl.node = natkit_unl::NodeType::Reachable;
         let situation = LocalSituation {
             node_id: us,
             lan: vec!["127.0.0.1:5000".parse().unwrap()],
@@ -352,25 +429,25 @@ mod tests {
             port_mapped: false,
         };
         let p = plan(&situation, &unl, Instant::now()).unwrap();
-        let (dials, traversal) = split(p.clone(), "127.0.0.1".parse().unwrap(), &unl);
-        assert_eq!(dials.len(), 1);
-        assert_eq!(dials[0].kind, PathKind::Lan);
-        assert!(traversal.is_empty());
+        let s = steps(&p, "127.0.0.1".parse().unwrap(), &unl);
+        assert_eq!(s.len(), 1, "{s:?}");
+        assert_eq!(s[0].kind, PathKind::Lan);
         // Bound elsewhere, the loopback address is not ours to dial.
-        let (dials, _) = split(p, "10.0.0.1".parse().unwrap(), &unl);
-        assert_eq!(dials.len(), 1);
-        assert_eq!(dials[0].kind, PathKind::Direct);
+        let s = steps(&p, "10.0.0.1".parse().unwrap(), &unl);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].kind, PathKind::Direct);
 
-        // Behind an unknown NAT: a punch, which is the traversal driver's.
+        // Behind a NAT of unknown type: a punch, signalled at the peer's
+        // observed address when it lists no rendezvous point.
         unl.nat = NatType::Unknown;
+        unl.node = natkit_unl::NodeType::Unknown;
         unl.addrs.retain(|c| c.source == AddrSource::Observed);
         unl.addrs[0].addr = "203.0.113.9:4000".parse().unwrap();
         let p = plan(&situation, &unl, Instant::now()).unwrap();
-        let (dials, traversal) = split(p, "127.0.0.1".parse().unwrap(), &unl);
-        assert!(dials.is_empty());
-        assert!(!traversal.is_empty());
-        let err = failed(them, traversal, Vec::new());
-        assert!(matches!(err, ConnectError::NeedsTraversal { .. }), "{err}");
-        assert!(err.to_string().contains("needs NAT traversal"), "{err}");
+        let s = steps(&p, "127.0.0.1".parse().unwrap(), &unl);
+        let kinds: Vec<PathKind> = s.iter().map(|s| s.kind).collect();
+        assert_eq!(kinds, [PathKind::Reverse, PathKind::Punched]);
+        assert_eq!(s[1].via, vec!["203.0.113.9:4000".parse().unwrap()]);
+        assert!(s[1].delay > s[0].delay);
     }
 }

@@ -60,7 +60,7 @@ use natkit_identity::{IdentityError, Keypair, NodeId};
 use natkit_net::{Connection, Net, NetError, NetEvent};
 use natkit_traversal::classify::Classification;
 use natkit_traversal::plan::{self, LocalSituation};
-use natkit_unl::{AddrSource, MAX_RENDEZVOUS, NatType, Unl, UnlError};
+use natkit_unl::{AddrSource, MAX_RENDEZVOUS, NatType, NodeType, Unl, UnlError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -69,18 +69,37 @@ mod builder;
 mod connect;
 mod record;
 mod target;
+mod traverse;
 
 pub use builder::NodeBuilder;
 
-pub use connect::{ConnectError, DialFailure, Path, PathKind};
+pub use connect::{AttemptError, AttemptFailure, ConnectError, Path, PathKind};
 pub use record::{RecordError, UNL_SALT, decode_record, unl_record};
 pub use target::{MAX_QUOTED_CHARS, Target, TargetError};
+pub use traverse::{MAX_TRAVERSALS, TraversalError};
 
 /// How often a node checks whether its UNL changed (the DHT learned our
 /// address, or its reports changed our NAT type) and republishes it, or retries a publish that failed. The DHT
 /// itself republishes the stored record hourly; this is about changes, which
 /// peers should see within seconds, at the cost of one stats call.
 pub const UNL_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How often [`Node::wait_reachable`] looks.
+const REACHABLE_POLL: Duration = Duration::from_millis(20);
+
+/// Pause of [`Node::wait_reachable`] after a failed publish.
+const PUBLISH_RETRY: Duration = Duration::from_millis(500);
+
+/// How one plan ended without a connection.
+enum Failed {
+    /// Not worth a second plan.
+    Fatal(ConnectError),
+    /// Every attempt failed.
+    All {
+        failures: Vec<AttemptFailure>,
+        internet: Option<plan::NoPath>,
+    },
+}
 
 /// Tries to find a port free for both TCP and UDP when any port will do: a
 /// free TCP port is taken in UDP by another program only rarely.
@@ -147,6 +166,13 @@ pub enum NodeError {
     /// Registering with rendezvous nodes failed (the DHT node stopped).
     #[error("cannot register with rendezvous nodes: {0}")]
     Register(#[source] DhtError),
+    /// [`Node::wait_reachable`] gave up: published, but no rendezvous node
+    /// accepted our registration.
+    #[error("published, but no rendezvous node accepted this node within {secs:.1} s")]
+    NotReachable {
+        /// The limit, in seconds.
+        secs: f64,
+    },
 }
 
 async fn refresh_loop(node: Weak<Inner>, cancel: CancellationToken) {
@@ -188,6 +214,8 @@ struct Inner {
     state: Mutex<UnlState>,
     /// One publish at a time, so that seqs reach the DHT in order.
     publish_lock: tokio::sync::Mutex<()>,
+    /// Reverse connects and hole punches running, and their limits.
+    traversal: traverse::Traversal,
     cancel: CancellationToken,
     tracker: TaskTracker,
     span: tracing::Span,
@@ -203,6 +231,8 @@ impl Drop for Inner {
 struct UnlState {
     unl: Unl,
     published_seq: Option<i64>,
+    /// The UNL in the record last stored.
+    published: Option<Unl>,
     last_seq: i64,
 }
 
@@ -279,6 +309,67 @@ impl Node {
         self.state().published_seq
     }
 
+    /// Whether peers can reach us by node id: our UNL is in the DHT, and
+    /// unless we are known to be reachable, it lists rendezvous points (for
+    /// reverse connects and hole punches to reach us). A node becomes
+    /// reachable by itself after start-up; see [`Node::wait_reachable`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), natkit::node::NodeError> {
+    /// let node = natkit::Node::builder().bind_ip("127.0.0.1".parse().unwrap()).build().await?;
+    /// assert!(!node.is_reachable_by_id()); // no bootstrap node: nothing published
+    /// # node.shutdown().await; Ok(()) }
+    /// ```
+    pub fn is_reachable_by_id(&self) -> bool {
+        self.state()
+            .published
+            .as_ref()
+            .is_some_and(|u| u.node == NodeType::Reachable || !u.rendezvous.is_empty())
+    }
+
+    /// Waits until [`Node::is_reachable_by_id`], publishing now and then;
+    /// gives up after `limit` with the last publish error (or
+    /// [`NodeError::NotReachable`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(node: natkit::Node) -> Result<(), natkit::node::NodeError> {
+    /// node.wait_reachable(std::time::Duration::from_secs(30)).await?;
+    /// println!("others can connect to {} now", node.id());
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_reachable(&self, limit: Duration) -> Result<(), NodeError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut last = None;
+        loop {
+            if self.is_reachable_by_id() {
+                return Ok(());
+            }
+            let mut pause = REACHABLE_POLL;
+            if self.published_seq().is_none() {
+                match self.publish().await {
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::info!(error = %e, "could not publish the UNL yet; retrying");
+                        last = Some(e);
+                        pause = PUBLISH_RETRY;
+                    }
+                }
+            } else if !self.inner.registering.load(Ordering::SeqCst) {
+                self.register_in_background();
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(last.unwrap_or(NodeError::NotReachable {
+                    secs: limit.as_secs_f64(),
+                }));
+            }
+            tokio::select! {
+                () = self.inner.cancel.cancelled() => return Err(NodeError::Publish(DhtError::Shutdown)),
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
     /// Publishes our UNL now (remade from what the DHT knows), whether or not
     /// it changed; returns the record's `seq`. Nodes do this by themselves;
     /// this is for when a peer must find the latest UNL at once.
@@ -316,8 +407,10 @@ impl Node {
         };
         let mut fresh = record::own_unl(self.id(), &inner.lan, inner.port, observed, class)
             .map_err(NodeError::Unl)?;
-        // Not before the DHT has seen us: until then "unknown" says nothing.
-        if observed.is_some() && fresh.nat != NatType::Open {
+        // Not before the DHT has seen us. Unless we are known to be reachable
+        // (an open NAT type may be a firewall), peers need rendezvous points
+        // to reach us through.
+        if observed.is_some() && fresh.node != NodeType::Reachable {
             self.register_in_background();
         }
         let points = match inner.dht.rendezvous_points().await {
@@ -368,7 +461,9 @@ impl Node {
         match result {
             Ok(seq) => {
                 tracing::info!(seq, "UNL published in the DHT");
-                self.state().published_seq = Some(seq);
+                let mut st = self.state();
+                st.published_seq = Some(seq);
+                st.published = Some(unl);
                 Ok(())
             }
             Err(e) => Err(NodeError::Publish(e)),
@@ -492,13 +587,17 @@ impl Node {
     }
 
     /// Connects to `target`: a node id is looked up first ([`Node::lookup`]);
-    /// then the planner's direct attempts race (LAN, mapped, direct, one
-    /// [`ATTEMPT_STAGGER`](natkit_traversal::plan::ATTEMPT_STAGGER) apart) and
-    /// the first connection authenticated to the target's key is returned with
-    /// the path it took. A connection that exists already is returned at once.
+    /// then the planner's attempts race (LAN, mapped and direct dials, a
+    /// reverse connect, a hole punch; see [`natkit_traversal::plan`]), each
+    /// started one [`ATTEMPT_STAGGER`](natkit_traversal::plan::ATTEMPT_STAGGER)
+    /// after the previous one (at once when every running one failed), and
+    /// the first connection authenticated to the target's key is returned
+    /// with the path it took. A connection that exists already is returned at
+    /// once.
     ///
-    /// A plan that needs a reverse connect or hole punching ends in
-    /// [`ConnectError::NeedsTraversal`] (this version has no traversal driver).
+    /// When every attempt fails, the peer's UNL is looked up in the DHT once
+    /// more: if it changed (the peer moved or restarted on another port), the
+    /// new one is planned and tried ([`Path::retried`]).
     ///
     /// ```no_run
     /// # async fn demo(alice: natkit::Node) -> Result<(), Box<dyn std::error::Error>> {
@@ -522,29 +621,99 @@ impl Node {
             }
         };
         let node_id = unl.node_id;
+        if node_id != self.id()
+            && let Some(conn) = self.inner.net.connection(&node_id)
+        {
+            let path = Path {
+                kind: PathKind::Direct,
+                addr: conn.remote_addr(),
+                lookup,
+                signal_rtt: None,
+                elapsed: Duration::ZERO,
+                retried: false,
+            };
+            return Ok((conn, path));
+        }
         let span =
             tracing::info_span!(parent: &self.inner.span, "connect", peer = %node_id.short());
-        let started = Instant::now();
-        let plan = plan::plan(&self.situation(), &unl, started)
-            .map_err(|source| ConnectError::NoPath { node_id, source })?;
-        let (dials, traversal) = connect::split(plan, self.inner.bind_ip, &unl);
-        if self.inner.net.is_shut_down() {
-            return Err(ConnectError::Shutdown);
+        let first = self.try_plan(&unl).instrument(span.clone()).await;
+        let mut failures = match first {
+            Ok((conn, mut path)) => {
+                path.lookup = lookup;
+                return Ok((conn, path));
+            }
+            Err(Failed::Fatal(e)) => return Err(e),
+            Err(Failed::All { failures, .. }) => failures,
+        };
+        // A stale UNL? Look the peer up again; a different one gets one more plan.
+        let t1 = Instant::now();
+        let fresh = match self.lookup(node_id).await {
+            Ok(fresh) if !record::same_reach(&fresh, &unl) => fresh,
+            _ => {
+                let internet = plan::plan(&self.situation(), &unl, Instant::now())
+                    .ok()
+                    .and_then(|p| p.internet);
+                return Err(ConnectError::AllFailed {
+                    node_id,
+                    failures,
+                    internet,
+                });
+            }
+        };
+        tracing::info!(parent: &span, "the peer's UNL changed; trying the fresh one");
+        let relookup = t1.elapsed();
+        match self.try_plan(&fresh).instrument(span).await {
+            Ok((conn, mut path)) => {
+                path.lookup = Some(lookup.unwrap_or_default() + relookup);
+                path.retried = true;
+                Ok((conn, path))
+            }
+            Err(Failed::Fatal(e)) => Err(e),
+            Err(Failed::All {
+                failures: more,
+                internet,
+            }) => {
+                failures.extend(more);
+                Err(ConnectError::AllFailed {
+                    node_id,
+                    failures,
+                    internet,
+                })
+            }
         }
-        match connect::race(&self.inner.net, node_id, dials)
-            .instrument(span)
-            .await
-        {
-            Ok((conn, dial)) => Ok((
-                conn,
-                Path {
-                    kind: dial.kind,
-                    addr: dial.addr,
-                    lookup,
+    }
+
+    /// Plans and races one connection to `unl`.
+    async fn try_plan(&self, unl: &Unl) -> Result<(Connection, Path), Failed> {
+        let node_id = unl.node_id;
+        let started = Instant::now();
+        let plan = plan::plan(&self.situation(), unl, started)
+            .map_err(|source| Failed::Fatal(ConnectError::NoPath { node_id, source }))?;
+        let steps = connect::steps(&plan, self.inner.bind_ip, unl);
+        if self.inner.net.is_shut_down() {
+            return Err(Failed::Fatal(ConnectError::Shutdown));
+        }
+        match connect::race(self, node_id, steps).await {
+            Ok((conn, step, signal_rtt)) => {
+                let path = Path {
+                    kind: step.kind,
+                    addr: conn.remote_addr(),
+                    lookup: None,
+                    signal_rtt,
                     elapsed: started.elapsed(),
-                },
-            )),
-            Err(failures) => Err(connect::failed(node_id, traversal, failures)),
+                    retried: false,
+                };
+                Ok((conn, path))
+            }
+            Err(failures) => {
+                if self.inner.net.is_shut_down() {
+                    return Err(Failed::Fatal(ConnectError::Shutdown));
+                }
+                Err(Failed::All {
+                    failures,
+                    internet: plan.internet,
+                })
+            }
         }
     }
 

@@ -20,7 +20,7 @@ pub fn example(name: &str) -> PathBuf {
 /// --test examples`) are they missing or older than their sources, and then
 /// this builds them (which takes a while: another feature set than the tests').
 pub fn build_examples() {
-    let fresh = ["line_listener", "line_dialer", "punch_peer"]
+    let fresh = ["line_listener", "line_dialer", "punch_peer", "alice", "bob"]
         .iter()
         .all(|name| {
             let bin = std::fs::metadata(example(name)).and_then(|m| m.modified());

@@ -1,0 +1,80 @@
+//! Alice waits for peers, prints every line they send and answers each one:
+//! the listening half of the pyp2p README's pair, for natkit.
+//!
+//! ```sh
+//! cargo run --example alice -- --bootstrap 203.0.113.100:4000 --port 41000 --seed 1
+//! ```
+//!
+//! She joins the DHT through `--bootstrap`, publishes her UNL (with rendezvous
+//! points, so that she can be reached behind a NAT) and prints
+//! `ready id=<node id> unl=<UNL>`. Then, for every line from any peer, she
+//! prints `line from=<id> text=<line>` and answers `alice got: <line>`.
+//! She runs until killed, or until `--lines N` lines have come and been
+//! answered. `--seed N` makes the key from a small number (the 32-byte seed
+//! `N` as u64 little-endian, zero-padded), so that a script knows her node id
+//! in advance; without it the key is random.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::StreamExt;
+use natkit::Node;
+use natkit::identity::Keypair;
+use natkit::net::NetEvent;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The key of seed `n`.
+fn keypair(n: u64) -> Keypair {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&n.to_le_bytes());
+    Keypair::from_seed(seed)
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let mut bootstrap: Vec<SocketAddr> = Vec::new();
+    let mut port = 0u16;
+    let mut key = None;
+    let mut lines: Option<usize> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(opt) = args.next() {
+        let val = args.next().ok_or(format!("{opt} needs a value"))?;
+        match opt.as_str() {
+            "--bootstrap" => bootstrap.push(val.parse()?),
+            "--port" => port = val.parse()?,
+            "--seed" => key = Some(keypair(val.parse()?)),
+            "--lines" => lines = Some(val.parse()?),
+            other => return Err(format!("unknown option {other}").into()),
+        }
+    }
+    let mut builder = Node::builder().port(port).bootstrap(&bootstrap);
+    if let Some(k) = key {
+        builder = builder.key(k);
+    }
+    let alice = builder.build().await?;
+    // Events from here on are kept: nothing a fast peer sends is missed.
+    let mut events = std::pin::pin!(alice.events());
+    alice.wait_reachable(Duration::from_secs(30)).await?;
+    println!("ready id={} unl={}", alice.id(), alice.unl().emit());
+
+    let mut answered = 0;
+    while let Some(event) = events.next().await {
+        if let NetEvent::Line(con, line) = event {
+            println!("line from={} text={line}", con.node_id());
+            con.send(&format!("alice got: {line}")).await?;
+            answered += 1;
+            if lines.is_some_and(|n| answered >= n) {
+                break;
+            }
+        }
+    }
+    // Shutdown closes each connection gracefully: queued lines go out first.
+    alice.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,333 @@
+//! `Node::connect(node id)` across real Linux NATs (the NAT lab), 20 ms
+//! one-way delay on every router's WAN link: the traversal matrix of
+//! docs/traversal.md.
+//!
+//! In each cell a bootstrap node (`natkit bootstrap-node`) runs on the lab's
+//! public `rendezvous` host; `examples/alice.rs` waits behind natA until she
+//! is reachable by id, and `examples/bob.rs` (behind natB, or on another host
+//! of the cell) connects to her by her node id alone, sends a line and waits
+//! for her answer. Each cell asserts the path bob's connect took and the
+//! lines both ways; the cells that cannot connect without a relay assert a
+//! clean, bounded failure.
+//!
+//! Needs root and the lab tools; skips loudly without them, fails under CI=true.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use natkit::identity::Keypair;
+use natkit_lab::{CmdOutput, Host, Lab, LabChild, LabConfig, NatKind};
+
+mod common;
+use common::{build_examples, example};
+
+/// One-way delay on each router's WAN link.
+const DELAY_MS: u32 = 20;
+
+/// The port of the bootstrap node (TCP and UDP).
+const BOOT_PORT: u16 = 4000;
+
+/// Alice's port (TCP and UDP).
+const ALICE_PORT: u16 = 41_000;
+
+/// Bob's port.
+const BOB_PORT: u16 = 42_000;
+
+/// Longest bob may take, lookup and every attempt included (a failing cell
+/// runs out the punch's 20 s).
+const BOB_LIMIT: Duration = Duration::from_secs(45);
+
+/// The key of seed `n`, as the examples make it.
+fn keypair(n: u64) -> Keypair {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&n.to_le_bytes());
+    Keypair::from_seed(seed)
+}
+
+/// The bootstrap node on the rendezvous host; returns it once ready.
+fn start_bootstrap(lab: &Lab, dir: &Path) -> (LabChild, String) {
+    let key = dir.join("boot.key");
+    let ip = lab.ip(Host::Rendezvous).to_string();
+    let port = BOOT_PORT.to_string();
+    let mut boot = lab
+        .spawn(
+            Host::Rendezvous,
+            &[
+                env!("CARGO_BIN_EXE_natkit"),
+                "--key",
+                key.to_str().unwrap(),
+                "--port",
+                &port,
+                "--json",
+                "bootstrap-node",
+                "--bind",
+                &ip,
+            ],
+        )
+        .expect("spawn the bootstrap node");
+    boot.wait_for_stdout("\"ready\"", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("bootstrap node not ready: {e}: {}", boot.stderr()));
+    (boot, format!("{ip}:{BOOT_PORT}"))
+}
+
+/// Alice on `host`, once she is reachable by id.
+fn start_alice(lab: &Lab, host: Host, boot: &str) -> LabChild {
+    let bin = example("alice");
+    let port = ALICE_PORT.to_string();
+    let mut alice = lab
+        .spawn(
+            host,
+            &[
+                bin.to_str().unwrap(),
+                "--bootstrap",
+                boot,
+                "--port",
+                &port,
+                "--seed",
+                "1",
+                "--lines",
+                "1",
+            ],
+        )
+        .expect("spawn alice");
+    alice
+        .wait_for_stdout("ready id=", Duration::from_secs(40))
+        .unwrap_or_else(|e| panic!("alice not ready: {e}: {}", alice.stderr()));
+    alice
+}
+
+/// Bob on `host`, connecting to alice by id; waits for him to end.
+fn run_bob(lab: &Lab, host: Host, boot: &str) -> (CmdOutput, Duration) {
+    let bin = example("bob");
+    let port = BOB_PORT.to_string();
+    let alice_id = keypair(1).node_id().to_string();
+    let t = Instant::now();
+    let bob = lab
+        .spawn(
+            host,
+            &[
+                bin.to_str().unwrap(),
+                "--bootstrap",
+                boot,
+                "--port",
+                &port,
+                "--to",
+                &alice_id,
+            ],
+        )
+        .expect("spawn bob");
+    let out = bob.wait_timeout(BOB_LIMIT).expect("bob ends in time");
+    (out, t.elapsed())
+}
+
+/// The `key=value` fields of bob's `connected ...` line.
+fn connected(out: &CmdOutput) -> Option<Vec<(String, String)>> {
+    let line = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("connected "))?;
+    Some(
+        line.split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    )
+}
+
+fn field<'a>(fields: &'a [(String, String)], key: &str) -> &'a str {
+    fields
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no {key}= in {fields:?}"))
+}
+
+/// What a cell expects.
+enum Expect {
+    /// Connected over this path, lines both ways.
+    Path(&'static str),
+    /// No connection (no relay yet): one clean error line, in bounded time.
+    NoConnection,
+}
+
+/// Runs one cell: alice on `alice_host`, bob on `bob_host`.
+fn cell(name: &str, config: LabConfig, alice_host: Host, bob_host: Host, expect: Expect) {
+    if !natkit_lab::lab_or_skip(name) {
+        return;
+    }
+    build_examples();
+    let lab = Lab::up(config.delay_ms(DELAY_MS)).expect("lab up");
+    let dir = tempfile::tempdir().unwrap();
+    let (boot, boot_addr) = start_bootstrap(&lab, dir.path());
+    let alice = start_alice(&lab, alice_host, &boot_addr);
+    let (bob, took) = run_bob(&lab, bob_host, &boot_addr);
+    eprintln!(
+        "{name}: bob took {} ms\n--- bob stdout\n{}--- bob stderr\n{}",
+        took.as_millis(),
+        bob.stdout,
+        bob.stderr
+    );
+    match expect {
+        Expect::Path(path) => {
+            let alice = alice
+                .wait_timeout(Duration::from_secs(10))
+                .expect("alice ends after answering");
+            eprintln!(
+                "--- alice stdout\n{}--- alice stderr\n{}",
+                alice.stdout, alice.stderr
+            );
+            assert!(bob.success(), "{name}: bob failed: {bob:?}");
+            let fields = connected(&bob).unwrap_or_else(|| panic!("{name}: {bob:?}"));
+            assert_eq!(field(&fields, "path"), path, "{name}: {fields:?}");
+            assert!(
+                bob.stdout.contains("reply alice got: hello from bob"),
+                "{name}: {bob:?}"
+            );
+            let bob_id = bob_node_id(&alice.stdout);
+            assert!(
+                alice
+                    .stdout
+                    .contains(&format!("line from={bob_id} text=hello from bob")),
+                "{name}: {alice:?}"
+            );
+        }
+        Expect::NoConnection => {
+            assert!(!bob.success(), "{name}: bob should not connect: {bob:?}");
+            assert!(connected(&bob).is_none(), "{name}: {bob:?}");
+            let err: Vec<&str> = bob.stderr.lines().filter(|l| !l.is_empty()).collect();
+            assert_eq!(err.len(), 1, "{name}: one error line: {bob:?}");
+            assert!(
+                err[0].starts_with("error: cannot connect to node "),
+                "{err:?}"
+            );
+            assert!(took < BOB_LIMIT, "{name}: took {took:?}");
+            let alice = alice.kill().unwrap();
+            assert!(!alice.stdout.contains("line from="), "{alice:?}");
+        }
+    }
+    drop(boot);
+}
+
+/// The node id alice printed a line from.
+fn bob_node_id(alice_stdout: &str) -> String {
+    alice_stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("line from="))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("alice got no line: {alice_stdout}"))
+        .to_owned()
+}
+
+fn nats(a: NatKind, b: NatKind) -> LabConfig {
+    LabConfig::new(a, b)
+}
+
+#[test]
+fn cone_to_cone_is_punched() {
+    cell(
+        "cone_to_cone_is_punched",
+        nats(NatKind::Cone, NatKind::Cone),
+        Host::Alice,
+        Host::Bob,
+        Expect::Path("punched"),
+    );
+}
+
+#[test]
+fn cone_to_open_is_direct() {
+    cell(
+        "cone_to_open_is_direct",
+        nats(NatKind::Open, NatKind::Cone),
+        Host::Alice,
+        Host::Bob,
+        Expect::Path("direct"),
+    );
+}
+
+#[test]
+fn symmetric_to_open_is_direct() {
+    cell(
+        "symmetric_to_open_is_direct",
+        nats(NatKind::Open, NatKind::Symmetric),
+        Host::Alice,
+        Host::Bob,
+        Expect::Path("direct"),
+    );
+}
+
+#[test]
+fn open_to_cone_is_a_reverse_connect() {
+    cell(
+        "open_to_cone_is_a_reverse_connect",
+        nats(NatKind::Cone, NatKind::Open),
+        Host::Alice,
+        Host::Bob,
+        Expect::Path("reverse"),
+    );
+}
+
+#[test]
+fn open_to_symmetric_is_a_reverse_connect() {
+    cell(
+        "open_to_symmetric_is_a_reverse_connect",
+        nats(NatKind::Symmetric, NatKind::Open),
+        Host::Alice,
+        Host::Bob,
+        Expect::Path("reverse"),
+    );
+}
+
+#[test]
+fn cone_to_firewall_is_punched() {
+    cell(
+        "cone_to_firewall_is_punched",
+        nats(NatKind::Firewall, NatKind::Cone),
+        Host::Alice,
+        Host::Bob,
+        Expect::Path("punched"),
+    );
+}
+
+#[test]
+fn firewall_to_cone_is_punched() {
+    cell(
+        "firewall_to_cone_is_punched",
+        nats(NatKind::Cone, NatKind::Firewall),
+        Host::Alice,
+        Host::Bob,
+        Expect::Path("punched"),
+    );
+}
+
+#[test]
+fn two_hosts_behind_one_nat_use_the_lan() {
+    cell(
+        "two_hosts_behind_one_nat_use_the_lan",
+        nats(NatKind::Cone, NatKind::Cone),
+        Host::Alice,
+        Host::Carol,
+        Expect::Path("lan"),
+    );
+}
+
+#[test]
+fn double_nat_to_cone_is_punched() {
+    cell(
+        "double_nat_to_cone_is_punched",
+        nats(NatKind::Cone, NatKind::Cone),
+        Host::Alice,
+        Host::Dave,
+        Expect::Path("punched"),
+    );
+}
+
+#[test]
+fn cone_to_symmetric_cannot_connect_without_a_relay() {
+    cell(
+        "cone_to_symmetric_cannot_connect_without_a_relay",
+        nats(NatKind::Cone, NatKind::Symmetric),
+        Host::Alice,
+        Host::Bob,
+        Expect::NoConnection,
+    );
+}
