@@ -331,3 +331,32 @@ fn cone_to_symmetric_cannot_connect_without_a_relay() {
         Expect::NoConnection,
     );
 }
+
+/// `natkit demo --lab --json`, as a user would run it: the CLI's
+/// `bootstrap-node`, `run --echo` and `connect` across two cone NATs.
+#[test]
+fn the_lab_demo_punches_with_the_cli() {
+    if !natkit_lab::lab_or_skip("the_lab_demo_punches_with_the_cli") {
+        return;
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_natkit"))
+        .args(["--json", "demo", "--lab"])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run natkit demo --lab");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{out:?}");
+    let steps: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let names: Vec<&str> = steps.iter().filter_map(|s| s["step"].as_str()).collect();
+    assert_eq!(names, ["lab", "bootstrap", "alice", "bob", "lines"]);
+    let connected = steps[3]["connected"].as_str().unwrap();
+    assert!(
+        connected.contains(" over punched 203.0.113.10:"),
+        "{connected}"
+    );
+    assert!(steps[2]["unl"].as_str().unwrap().starts_with("nk"));
+}

@@ -34,6 +34,17 @@ const HELLO_BOB: &str = "hello bob, this is alice";
 /// The line bob answers.
 const HELLO_ALICE: &str = "hello alice, bob here";
 
+/// `natkit demo` arguments.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Run the demo across two real NATs in the NAT lab (network namespaces
+    /// and nftables; needs root and the lab tools, see docs/natlab.md): alice
+    /// and bob behind port-preserving NATs with 20 ms one-way delay on each
+    /// WAN link, connected by a hole punch.
+    #[arg(long)]
+    pub lab: bool,
+}
+
 /// Runs `natkit demo`.
 pub fn run(cli: &Cli) -> anyhow::Result<()> {
     if !cli.bootstrap.is_empty() {

@@ -22,6 +22,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 pub mod demo;
+pub mod demo_lab;
 pub mod dht;
 pub mod identity;
 pub mod map;
@@ -93,8 +94,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Two nodes on loopback find each other by node id through a DHT and
-    /// exchange a line each way; prints the path and the timings.
-    Demo,
+    /// exchange a line each way; prints the path and the timings. With
+    /// --lab, the same across two real NATs in the NAT lab (root).
+    Demo(demo::DemoArgs),
     /// Print this node's id (its public key), creating the key file on first use.
     Showid,
     /// Build and read UNLs (Universal Node Locators).
@@ -110,7 +112,7 @@ pub enum Command {
     BootstrapNode(node::BindArgs),
     /// Join through --bootstrap, publish this node's UNL in the DHT, then
     /// print every connection and every line received, until Ctrl-C.
-    Run(node::BindArgs),
+    Run(node::RunArgs),
     /// Connect to a node by UNL or node id: stdin lines go to it, its lines
     /// come out on stdout (a netcat); path and timings on stderr.
     Connect(node::ConnectArgs),
@@ -180,7 +182,8 @@ fn usage_error(e: clap::Error) -> i32 {
 /// Runs a parsed command.
 pub fn run(cli: &Cli) -> anyhow::Result<()> {
     match &cli.command {
-        Command::Demo => demo::run(cli),
+        Command::Demo(args) if args.lab => demo_lab::run(cli),
+        Command::Demo(_) => demo::run(cli),
         Command::Showid => identity::showid(cli),
         Command::Unl(cmd) => unl::run(cli, cmd),
         Command::Map(cmd) => map::run(cli, cmd),

@@ -53,6 +53,17 @@ pub struct BindArgs {
     pub bind: Option<IpAddr>,
 }
 
+/// `natkit run` arguments.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Where to bind.
+    #[command(flatten)]
+    pub bind: BindArgs,
+    /// Send every line received back to its sender.
+    #[arg(long)]
+    pub echo: bool,
+}
+
 /// `natkit connect` arguments.
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
@@ -140,8 +151,9 @@ pub fn bootstrap_node(cli: &Cli, args: &BindArgs) -> anyhow::Result<()> {
 }
 
 /// Runs `natkit run`.
-pub fn run(cli: &Cli, args: &BindArgs) -> anyhow::Result<()> {
-    let ip = bind_ip(args)?;
+pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
+    let ip = bind_ip(&args.bind)?;
+    let echo = args.echo;
     let bootstrap = bootstrap_nodes(cli)?;
     let builder = builder(cli, ip)?.bootstrap(&bootstrap);
     runtime()?.block_on(async {
@@ -150,7 +162,7 @@ pub fn run(cli: &Cli, args: &BindArgs) -> anyhow::Result<()> {
         tokio::pin!(signal);
         let r = tokio::select! {
             r = &mut signal => r,
-            r = run_events(cli.json, &node) => r,
+            r = run_events(cli.json, echo, &node) => r,
         };
         node.shutdown().await;
         r
@@ -158,7 +170,7 @@ pub fn run(cli: &Cli, args: &BindArgs) -> anyhow::Result<()> {
 }
 
 /// Publishes the UNL, says `ready`, then prints events until the node ends.
-async fn run_events(json: bool, node: &Node) -> anyhow::Result<()> {
+async fn run_events(json: bool, echo: bool, node: &Node) -> anyhow::Result<()> {
     // Events are queued from here on: nothing that happens after `ready` is lost.
     let mut events = std::pin::pin!(node.events());
     node.wait_reachable(PUBLISH_TIMEOUT)
@@ -178,6 +190,11 @@ async fn run_events(json: bool, node: &Node) -> anyhow::Result<()> {
     }
     while let Some(event) = events.next().await {
         print_event(json, &event);
+        if let (true, NetEvent::Line(c, line)) = (echo, &event)
+            && let Err(e) = c.send_line(line)
+        {
+            tracing::info!(peer = %c.node_id().short(), error = %e, "cannot echo a line");
+        }
     }
     Ok(())
 }
