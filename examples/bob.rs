@@ -12,6 +12,7 @@
 //! ```text
 //! connected path=<lan|mapped|direct|reverse|punched> addr=<ip:port> lookup_ms=<ms> connect_ms=<ms> signal_rtt_ms=<ms|-> retried=<bool>
 //! reply <Alice's answer>
+//! first_line_ms=<ms from the connect call to her answer>
 //! ```
 //!
 //! and exits 0; if no connection can be made, one line `error: ...` on stderr
@@ -58,6 +59,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .build()
         .await?;
     let result = async {
+        let t0 = std::time::Instant::now();
         let (con, path) = bob.connect(alice).await?;
         println!(
             "connected path={} addr={} lookup_ms={} connect_ms={} signal_rtt_ms={} retried={}",
@@ -74,6 +76,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|_| "no answer from alice within 10 s")?
             .ok_or("alice closed without answering")?;
         println!("reply {reply}");
+        println!("first_line_ms={}", ms(t0.elapsed()));
         Ok::<(), Box<dyn std::error::Error>>(())
     }
     .await;

@@ -5,6 +5,9 @@
 #   scripts/bench.sh lines [--quick]   # line throughput vs raw TCP; RSS of idle connections
 #   scripts/bench.sh portmap [ROUNDS]  # time to a working mapping (natkit per method, upnpc,
 #                                      # natpmpc) in a NAT lab; needs root and the lab tools
+#   scripts/bench.sh traversal [RUNS]  # Node::connect(node id) per cell of the traversal matrix in
+#                                      # a NAT lab (20 ms WAN delay), RUNS (default 50) per cell;
+#                                      # needs root and the lab tools
 #   scripts/bench.sh dht [--quick]     # 1,000-node natkit vs mainline networks on loopback (as
 #                                      # root each in a private network namespace); simulation
 #                                      # at 10,000 and 100,000 nodes vs the notes' ideal table
@@ -25,5 +28,13 @@ case "$what" in
     /usr/bin/python3 scripts/lab/portmap_bench.py "$lab" "$(realpath "$target")/release/natkit" "$rounds"
     ;;
   dht) exec cargo bench --quiet -p natkit-dht --bench dht -- "$@" ;;
-  *) echo "usage: scripts/bench.sh lines [--quick] | portmap [ROUNDS] | dht [--quick]" >&2; exit 2 ;;
+  traversal)
+    runs=${1:-50}
+    [[ "$runs" =~ ^[0-9]{1,4}$ && "$runs" -ge 1 ]] || { echo "bench.sh traversal: RUNS must be 1-9999" >&2; exit 2; }
+    shift || true
+    # The bench runs the release examples (alice, bob) and the natkit binary.
+    cargo build --quiet --release --examples --bin natkit
+    exec cargo bench --quiet --bench traversal -- --runs "$runs" "$@"
+    ;;
+  *) echo "usage: scripts/bench.sh lines [--quick] | portmap [ROUNDS] | dht [--quick] | traversal [RUNS]" >&2; exit 2 ;;
 esac
