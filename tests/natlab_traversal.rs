@@ -360,3 +360,51 @@ fn the_lab_demo_punches_with_the_cli() {
     );
     assert!(steps[2]["unl"].as_str().unwrap().starts_with("nk"));
 }
+
+/// Alice stops answering (her process frozen) after she became reachable:
+/// bob's punch request cannot be delivered, and he fails cleanly and soon.
+/// Thawed, alice is unharmed: the next bob connects.
+#[test]
+fn a_peer_that_vanishes_mid_connect_is_a_clean_error_and_nothing_leaks() {
+    let name = "a_peer_that_vanishes_mid_connect_is_a_clean_error_and_nothing_leaks";
+    if !natkit_lab::lab_or_skip(name) {
+        return;
+    }
+    build_examples();
+    let lab = Lab::up(nats(NatKind::Cone, NatKind::Cone).delay_ms(DELAY_MS)).expect("lab up");
+    let dir = tempfile::tempdir().unwrap();
+    let (boot, boot_addr) = start_bootstrap(&lab, dir.path());
+    let alice = start_alice(&lab, Host::Alice, &boot_addr);
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &alice.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    let (bob, took) = run_bob(&lab, Host::Bob, &boot_addr);
+    eprintln!(
+        "frozen alice: bob took {took:?}: {}{}",
+        bob.stdout, bob.stderr
+    );
+    assert!(!bob.success(), "{bob:?}");
+    let err: Vec<&str> = bob.stderr.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(err.len(), 1, "one error line: {bob:?}");
+    assert!(
+        err[0].starts_with("error: cannot connect to node "),
+        "{err:?}"
+    );
+    assert!(took < Duration::from_secs(30), "{took:?}");
+
+    signal("-CONT");
+    let (bob, _) = run_bob(&lab, Host::Bob, &boot_addr);
+    eprintln!("thawed alice: {}{}", bob.stdout, bob.stderr);
+    assert!(bob.success(), "{bob:?}");
+    assert!(
+        bob.stdout.contains("reply alice got: hello from bob"),
+        "{bob:?}"
+    );
+    drop(boot);
+}

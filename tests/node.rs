@@ -368,3 +368,48 @@ async fn rendezvous_points_are_listed_in_the_published_unl() {
     }
     boot.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_stale_unl_is_refreshed_from_the_dht_and_retried_once() {
+    let boot = bootstrap_node().await;
+    let key = Keypair::from_seed([0x5a; 32]);
+    let start = |key: Keypair| {
+        Node::builder()
+            .key(key)
+            .bind_ip(LOOPBACK)
+            .bootstrap(&[boot.local_addr()])
+            .build()
+    };
+    let bob = start(key.clone()).await.unwrap();
+    bob.wait_reachable(HANG).await.unwrap();
+    let old = bob.unl();
+    bob.shutdown().await;
+    // Bob comes back with the same key on another port, within the second
+    // (his new registration with the rendezvous node must still win).
+    let bob = start(key.clone()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), bob.wait_reachable(HANG))
+        .await
+        .expect("reachable again within seconds")
+        .unwrap();
+    assert_ne!(bob.port(), old.addrs[0].addr.port());
+
+    let alice = node(&boot).await;
+    let t = Instant::now();
+    let (con, path) = tokio::time::timeout(HANG, alice.connect(old))
+        .await
+        .unwrap()
+        .unwrap();
+    println!(
+        "stale UNL: {path} after {:?}, retried={}",
+        t.elapsed(),
+        path.retried
+    );
+    assert!(path.retried, "{path:?}");
+    assert_eq!(path.kind, PathKind::Lan);
+    assert_eq!(path.addr.port(), bob.port());
+    assert_eq!(con.node_id(), key.node_id());
+    assert!(path.lookup.is_some());
+    alice.shutdown().await;
+    bob.shutdown().await;
+    boot.shutdown().await;
+}

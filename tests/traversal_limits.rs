@@ -12,7 +12,7 @@ use natkit::Node;
 use natkit::dht::dht::Dht;
 use natkit::dht::rendezvous::CHANNEL_TRAVERSAL;
 use natkit::identity::Keypair;
-use natkit::traversal::limits::{NODE_BURST, TARGET_BURST};
+use natkit::traversal::limits::{LimitsConfig, NODE_BURST};
 use natkit::traversal::punch::{CancelReason, Message, Signal};
 use tokio::net::TcpListener;
 
@@ -106,10 +106,20 @@ async fn a_request_cannot_aim_the_node_at_another_address() {
     node.shutdown().await;
 }
 
+/// The per-target budget of this test: small, and no refill within it.
+const TARGET_BURST: u32 = 6;
+
 #[tokio::test]
 async fn requests_are_limited_per_requester_and_per_target() {
+    let limits = LimitsConfig {
+        target_burst: TARGET_BURST,
+        target_refill: Duration::from_secs(600),
+        node_refill: Duration::from_secs(600),
+        ..LimitsConfig::default()
+    };
     let node = Node::builder()
         .bind_ip("127.0.0.1".parse().unwrap())
+        .traversal_limits(limits)
         .build()
         .await
         .unwrap();

@@ -10,6 +10,7 @@ use natkit_dht::dht::{Dht, DhtError};
 use natkit_identity::Keypair;
 use natkit_net::{Net, NetConfig};
 use natkit_traversal::classify::{MIN_REPORTER_IPS, NatClass};
+use natkit_traversal::limits::LimitsConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -44,6 +45,7 @@ pub struct NodeBuilder {
     bootstrap: Vec<SocketAddr>,
     state_dir: Option<PathBuf>,
     net: NetConfig,
+    limits: LimitsConfig,
 }
 
 impl Default for NodeBuilder {
@@ -55,6 +57,7 @@ impl Default for NodeBuilder {
             bootstrap: Vec::new(),
             state_dir: None,
             net: NetConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -133,6 +136,19 @@ impl NodeBuilder {
         self
     }
 
+    /// The limits on what other nodes' traversal requests (reverse connects,
+    /// hole punches) may make this node dial; see docs/traversal.md, "Abuse".
+    ///
+    /// ```
+    /// use natkit::traversal::limits::LimitsConfig;
+    ///
+    /// let builder = natkit::Node::builder().traversal_limits(LimitsConfig { node_burst: 2, ..LimitsConfig::default() });
+    /// ```
+    pub fn traversal_limits(mut self, limits: LimitsConfig) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Binds TCP and UDP, joins the DHT (when bootstrap nodes were given),
     /// makes and signs the UNL and publishes it. A failed publish does not fail
     /// the build: it is logged and retried every
@@ -202,7 +218,7 @@ impl NodeBuilder {
                 last_seq: 0,
             }),
             publish_lock: tokio::sync::Mutex::new(()),
-            traversal: super::traverse::Traversal::new(),
+            traversal: super::traverse::Traversal::new(self.limits.clone()),
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
             span,

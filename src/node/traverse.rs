@@ -131,10 +131,10 @@ pub(crate) struct Traversal {
 }
 
 impl Traversal {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(limits: LimitsConfig) -> Self {
         Traversal {
             routes: Mutex::new(Routes::default()),
-            limiter: Mutex::new(Limiter::new(LimitsConfig::default(), Instant::now())),
+            limiter: Mutex::new(Limiter::new(limits, Instant::now())),
         }
     }
 

@@ -263,7 +263,7 @@ impl DhtBuilder {
         for (method, h) in self.handlers {
             core.server_mut().register(&method, h)?;
         }
-        core.set_unix_time(now, unix_now());
+        core.set_unix_time_ms(now, unix_now_ms());
         core.set_adopt_secure_id(self.id.is_none());
         core.set_rendezvous_server(self.rendezvous_server);
         if let Some(every) = self.keepalive {
@@ -328,11 +328,11 @@ enum Command {
     RendezvousPoints(oneshot::Sender<Vec<SocketAddr>>),
 }
 
-fn unix_now() -> i64 {
-    let secs = SystemTime::now()
+fn unix_now_ms() -> i64 {
+    let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    i64::try_from(secs).unwrap_or(i64::MAX)
+        .map_or(0, |d| d.as_millis());
+    i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
 /// A running DHT node. Dropping it stops the node task; [`Dht::shutdown`] also waits for it.

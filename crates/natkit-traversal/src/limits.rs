@@ -38,10 +38,12 @@ use crate::punch::MAX_DIALS_PER_ATTEMPT;
 pub const NODE_BURST: u32 = 4;
 /// One more request per node id per this interval (sustained: 4 a minute).
 pub const NODE_REFILL: Duration = Duration::from_secs(15);
-/// SYNs toward one target IP (or IPv6 `/64`) at once: two requests' worth.
-pub const TARGET_BURST: u32 = 8;
-/// One more SYN toward a target per this interval.
-pub const TARGET_REFILL: Duration = Duration::from_secs(5);
+/// SYNs toward one target IP (or IPv6 `/64`) at once: four requests' worth.
+/// Requests are cut to their sender's own IP, so the target is the requester's
+/// IP, which a carrier-grade NAT shares among many users.
+pub const TARGET_BURST: u32 = 16;
+/// One more SYN toward a target per this interval (sustained: 4 a second).
+pub const TARGET_REFILL: Duration = Duration::from_millis(250);
 /// SYNs toward anyone at once.
 pub const GLOBAL_BURST: u32 = 64;
 /// One more SYN overall per this interval (sustained: 20 per second).

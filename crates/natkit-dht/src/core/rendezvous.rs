@@ -33,6 +33,7 @@ pub const RELAY_FANOUT: usize = 3;
 pub(super) struct Rv {
     identity: Option<SigningKey>,
     /// `now` and the Unix time (seconds) at that instant.
+    /// The Unix time in milliseconds at an instant.
     clock: Option<(Instant, i64)>,
     serve: bool,
     registry: Registry,
@@ -97,9 +98,13 @@ impl Rv {
     }
 
     fn unix_now(&self, now: Instant) -> Option<i64> {
-        let (at, secs) = self.clock?;
-        let elapsed = now.saturating_duration_since(at).as_secs();
-        Some(secs.saturating_add(i64::try_from(elapsed).unwrap_or(i64::MAX)))
+        self.unix_now_ms(now).map(|ms| ms.div_euclid(1000))
+    }
+
+    fn unix_now_ms(&self, now: Instant) -> Option<i64> {
+        let (at, ms) = self.clock?;
+        let elapsed = now.saturating_duration_since(at).as_millis();
+        Some(ms.saturating_add(i64::try_from(elapsed).unwrap_or(i64::MAX)))
     }
 
     pub(super) fn next_deadline(&self) -> Option<Instant> {
@@ -143,7 +148,13 @@ impl Core {
 
     /// Tells the core the Unix time (seconds) at `now`; needed to sign and check messages.
     pub fn set_unix_time(&mut self, now: Instant, unix_secs: i64) {
-        self.rv.clock = Some((now, unix_secs));
+        self.set_unix_time_ms(now, unix_secs.saturating_mul(1000));
+    }
+
+    /// Like [`Core::set_unix_time`], in milliseconds: registrations are numbered from it, so
+    /// that a node restarted within the same second still registers with a higher `seq`.
+    pub fn set_unix_time_ms(&mut self, now: Instant, unix_ms: i64) {
+        self.rv.clock = Some((now, unix_ms));
     }
 
     /// Whether this node answers `natkit.announce` (serves as a rendezvous node). On by default
@@ -477,7 +488,9 @@ impl Core {
             self.events.push_back((op, Outcome::Registered(Vec::new())));
             return;
         }
-        let seq = self.rv.unix_now(now).unwrap_or(0).saturating_mul(1000);
+        // Milliseconds times 1000: room for 1000 announces per millisecond of
+        // uptime before a restart of this identity could number below them.
+        let seq = self.rv.unix_now_ms(now).unwrap_or(0).saturating_mul(1000);
         let client = self.rv.client.get_or_insert_with(|| Client {
             seq,
             nodes: Vec::new(),

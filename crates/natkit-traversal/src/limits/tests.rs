@@ -228,7 +228,7 @@ fn idle_entries_are_pruned() {
     l.admit_request(&id(1), t0).unwrap();
     l.admit_dials(&[sa("198.51.100.1:1")], t0);
     assert_eq!(l.tracked(), (1, 1));
-    l.handle_timeout(t0 + secs(1));
+    l.handle_timeout(t0 + Duration::from_millis(100));
     assert_eq!(l.tracked(), (1, 1), "still refilling");
     l.handle_timeout(t0 + NODE_REFILL.max(TARGET_REFILL));
     assert_eq!(l.tracked(), (0, 0));

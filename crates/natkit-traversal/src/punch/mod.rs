@@ -421,6 +421,14 @@ impl Punch {
 
     fn start_dialing(&mut self, now: Instant) {
         let pending = self.peer_addrs.clone();
+        if pending.is_empty() && self.our_addrs.is_empty() {
+            // Nobody has an address the other could dial: no attempt can work.
+            self.fail(
+                PunchFailure::NoAddresses,
+                Some(CancelReason::AttemptsExhausted),
+            );
+            return;
+        }
         if !pending.is_empty() {
             self.outputs.push_back(Output::Dial {
                 attempt: self.attempt,

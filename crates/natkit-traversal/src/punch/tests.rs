@@ -652,3 +652,43 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn nothing_to_dial_on_either_side_fails_at_once() {
+    let t0 = Instant::now();
+    // The initiator has no public address, and the reply brings none.
+    let mut a = Punch::initiate(ID, &[], PunchConfig::default(), t0);
+    drain(&mut a);
+    let empty_reply = Message::ConnectReply {
+        id: ID,
+        attempt: 1,
+        addrs: vec![],
+    };
+    a.handle_message(&empty_reply, t0 + ms(40)).unwrap();
+    // Sync, then (at once: half the RTT later) nothing to dial on either side.
+    let at = a.poll_timeout().unwrap();
+    a.handle_timeout(at);
+    let out = drain(&mut a);
+    assert!(
+        matches!(out.last(), Some(Output::Failed(PunchFailure::NoAddresses))),
+        "{out:?}"
+    );
+    assert!(a.is_done());
+    // The responder without addresses, to a Connect without any, likewise on Sync.
+    let mut b = Punch::respond(&connect(1, vec![]), &[], PunchConfig::default(), t0).unwrap();
+    drain(&mut b);
+    b.handle_message(&Message::Sync { id: ID, attempt: 1 }, t0 + ms(60))
+        .unwrap();
+    let out = drain(&mut b);
+    assert!(
+        matches!(out.last(), Some(Output::Failed(PunchFailure::NoAddresses))),
+        "{out:?}"
+    );
+    // One side with an address is enough to try.
+    let mut c = Punch::initiate(ID, &alice_addrs(), PunchConfig::default(), t0);
+    drain(&mut c);
+    c.handle_message(&empty_reply, t0 + ms(40)).unwrap();
+    let at = c.poll_timeout().unwrap();
+    c.handle_timeout(at);
+    assert!(!c.is_done());
+}

@@ -70,6 +70,10 @@ pub enum PunchFailure {
     /// Every attempt's dials failed.
     #[error("all {0} hole punch attempts failed")]
     AttemptsExhausted(u8),
+    /// Neither side knows a public address of its own for the other to dial
+    /// (both on loopback, say, or neither seen by the DHT yet).
+    #[error("neither side has a public address to punch to")]
+    NoAddresses,
     /// The peer sent `Cancel`.
     #[error("the peer cancelled the hole punch ({0:?})")]
     PeerCancelled(CancelReason),
