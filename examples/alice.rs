@@ -10,7 +10,8 @@
 //! `ready id=<node id> unl=<UNL>`. Then, for every line from any peer, she
 //! prints `line from=<id> text=<line>` and answers `alice got: <line>`.
 //! She runs until killed, or until `--lines N` lines have come and been
-//! answered. `--seed N` makes the key from a small number (the 32-byte seed
+//! answered. With `--wait-mapped`, `ready` waits (up to 20 s) until her UNL
+//! in the DHT also lists the port mapping her node made on the router. `--seed N` makes the key from a small number (the 32-byte seed
 //! `N` as u64 little-endian, zero-padded), so that a script knows her node id
 //! in advance; without it the key is random.
 
@@ -21,6 +22,7 @@ use futures::StreamExt;
 use natkit::Node;
 use natkit::identity::Keypair;
 use natkit::net::NetEvent;
+use natkit::unl::AddrSource;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -42,8 +44,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut port = 0u16;
     let mut key = None;
     let mut lines: Option<usize> = None;
+    let mut wait_mapped = false;
     let mut args = std::env::args().skip(1);
     while let Some(opt) = args.next() {
+        if opt == "--wait-mapped" {
+            wait_mapped = true;
+            continue;
+        }
         let val = args.next().ok_or(format!("{opt} needs a value"))?;
         match opt.as_str() {
             "--bootstrap" => bootstrap.push(val.parse()?),
@@ -61,6 +68,22 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // Events from here on are kept: nothing a fast peer sends is missed.
     let mut events = std::pin::pin!(alice.events());
     alice.wait_reachable(Duration::from_secs(30)).await?;
+    if wait_mapped {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !alice.published_unl().is_some_and(|u| {
+            u.addrs.iter().any(|c| {
+                matches!(
+                    c.source,
+                    AddrSource::Upnp | AddrSource::NatPmp | AddrSource::Pcp
+                )
+            })
+        }) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err("no port mapping in the UNL after 20 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     println!("ready id={} unl={}", alice.id(), alice.unl().emit());
 
     let mut answered = 0;

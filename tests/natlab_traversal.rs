@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use natkit::identity::Keypair;
-use natkit_lab::{CmdOutput, Host, Lab, LabChild, LabConfig, NatKind};
+use natkit_lab::{CmdOutput, Host, Lab, LabChild, LabConfig, NatKind, Upnp};
 
 mod common;
 use common::{build_examples, example};
@@ -70,26 +70,26 @@ fn start_bootstrap(lab: &Lab, dir: &Path) -> (LabChild, String) {
     (boot, format!("{ip}:{BOOT_PORT}"))
 }
 
-/// Alice on `host`, once she is reachable by id.
+/// Alice on `host`, once she is reachable by id (and, when the lab has
+/// miniupnpd on her router, once her UNL lists her port mapping).
 fn start_alice(lab: &Lab, host: Host, boot: &str) -> LabChild {
     let bin = example("alice");
     let port = ALICE_PORT.to_string();
-    let mut alice = lab
-        .spawn(
-            host,
-            &[
-                bin.to_str().unwrap(),
-                "--bootstrap",
-                boot,
-                "--port",
-                &port,
-                "--seed",
-                "1",
-                "--lines",
-                "1",
-            ],
-        )
-        .expect("spawn alice");
+    let mut argv = vec![
+        bin.to_str().unwrap(),
+        "--bootstrap",
+        boot,
+        "--port",
+        &port,
+        "--seed",
+        "1",
+        "--lines",
+        "1",
+    ];
+    if matches!(lab.config().upnp, Upnp::NatA | Upnp::Both) {
+        argv.push("--wait-mapped");
+    }
+    let mut alice = lab.spawn(host, &argv).expect("spawn alice");
     alice
         .wait_for_stdout("ready id=", Duration::from_secs(40))
         .unwrap_or_else(|e| panic!("alice not ready: {e}: {}", alice.stderr()));
@@ -296,6 +296,17 @@ fn firewall_to_cone_is_punched() {
         Host::Alice,
         Host::Bob,
         Expect::Path("punched"),
+    );
+}
+
+#[test]
+fn cone_to_cone_with_upnp_is_mapped() {
+    cell(
+        "cone_to_cone_with_upnp_is_mapped",
+        nats(NatKind::Cone, NatKind::Cone).upnp(Upnp::NatA),
+        Host::Alice,
+        Host::Bob,
+        Expect::Path("mapped"),
     );
 }
 

@@ -413,3 +413,35 @@ async fn a_stale_unl_is_refreshed_from_the_dht_and_retried_once() {
     bob.shutdown().await;
     boot.shutdown().await;
 }
+
+/// The event-loop form: two blocking nodes, `for con in &node`.
+#[test]
+fn the_blocking_node_is_an_event_loop() {
+    let bob = Node::builder().bind_ip(LOOPBACK).build_blocking().unwrap();
+    let alice = Node::builder().bind_ip(LOOPBACK).build_blocking().unwrap();
+    let (con, path) = alice.connect(bob.unl()).unwrap();
+    assert_eq!(path.kind, PathKind::Lan);
+    con.send_line("ping").unwrap();
+    let deadline = Instant::now() + HANG;
+    let mut answered = false;
+    while !answered && Instant::now() < deadline {
+        bob.wait(Duration::from_millis(100));
+        for c in &bob {
+            for line in c.lines() {
+                assert_eq!(line, "ping");
+                c.send_line("pong").unwrap();
+                answered = true;
+            }
+        }
+    }
+    assert!(answered);
+    let mut got = Vec::new();
+    while got.is_empty() && Instant::now() < deadline {
+        alice.wait(Duration::from_millis(100));
+        got = con.lines();
+    }
+    assert_eq!(got, ["pong"]);
+    assert_eq!(alice.connections().len(), 1);
+    alice.stop();
+    bob.stop();
+}

@@ -353,3 +353,43 @@ fn usage_errors_come_before_any_network_work() {
     }
     assert!(!key.exists());
 }
+
+#[test]
+fn unl_prints_this_nodes_own_unl() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_boot, addr, _run, _) = network(dir.path());
+    let (key, id) = make_key(dir.path(), "me.key");
+    // Joined: published, with the address the DHT saw and a rendezvous point.
+    let o = natkit(
+        &key,
+        &[
+            "--bootstrap",
+            &addr,
+            "--json",
+            "unl",
+            "show",
+            "--bind",
+            "127.0.0.1",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap();
+    assert_eq!(v["id"], id.as_str());
+    assert_eq!(v["published"], true);
+    let unl: natkit::unl::Unl = v["unl"].as_str().unwrap().parse().unwrap();
+    assert_eq!(unl.node_id.to_string(), id);
+    assert!(unl.verify().unwrap(), "signed");
+    assert!(!unl.rendezvous.is_empty(), "{unl:?}");
+    assert!(
+        unl.addrs
+            .iter()
+            .any(|c| c.source == natkit::unl::AddrSource::Observed),
+        "{unl:?}"
+    );
+    // Alone: its LAN address only, printed as the bare UNL text.
+    let o = natkit(&key, &["unl", "show", "--bind", "127.0.0.1"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let unl: natkit::unl::Unl = text(&o.stdout).parse().unwrap();
+    assert_eq!(unl.addrs.len(), 1, "{unl:?}");
+    assert!(unl.rendezvous.is_empty());
+}

@@ -99,9 +99,8 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Print this node's id (its public key), creating the key file on first use.
     Showid,
-    /// Build and read UNLs (Universal Node Locators).
-    #[command(subcommand)]
-    Unl(unl::UnlCommand),
+    /// This node's own UNL (Universal Node Locator); build and read UNLs.
+    Unl(unl::UnlArgs),
     /// Map a port on the home router (PCP, NAT-PMP or UPnP).
     Map(map::MapCommand),
     /// Run a DHT node, or put and get values through one (BEP 44).
@@ -185,7 +184,12 @@ pub fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Demo(args) if args.lab => demo_lab::run(cli),
         Command::Demo(_) => demo::run(cli),
         Command::Showid => identity::showid(cli),
-        Command::Unl(cmd) => unl::run(cli, cmd),
+        Command::Unl(args) => unl::run(
+            cli,
+            args.command
+                .as_ref()
+                .unwrap_or(&unl::UnlCommand::Show(Default::default())),
+        ),
         Command::Map(cmd) => map::run(cli, cmd),
         Command::Dht(cmd) => dht::run(cli, cmd),
         Command::BootstrapNode(args) => node::bootstrap_node(cli, args),

@@ -45,7 +45,7 @@ pub const SHOWTYPE_WAIT: Duration = Duration::from_secs(3);
 pub const SHOWTYPE_REPORTERS: usize = natkit_traversal::classify::MIN_REPORTER_IPS;
 
 /// Where a node binds (the port is the global `--port`).
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct BindArgs {
     /// Local IPv4 address to bind, TCP and UDP (default 0.0.0.0: every
     /// interface, whose addresses the UNL lists).
@@ -239,6 +239,47 @@ fn print_event(json: bool, event: &NetEvent) {
             }
         }
     }
+}
+
+/// Runs `natkit unl` (no subcommand): this node's own UNL. With
+/// `--bootstrap`, once the node is reachable by id (its UNL, with the address
+/// the DHT saw and rendezvous points, is in the DHT); without, at once (LAN
+/// addresses only).
+pub fn own_unl(cli: &Cli, args: &BindArgs) -> anyhow::Result<()> {
+    let ip = bind_ip(args)?;
+    let bootstrap = if cli.bootstrap.is_empty() {
+        Vec::new()
+    } else {
+        bootstrap_nodes(cli)?
+    };
+    // No port mapping: it would be removed again when this command exits.
+    let builder = builder(cli, ip)?.bootstrap(&bootstrap).port_mapping(false);
+    runtime()?.block_on(async {
+        let node = builder.build().await.context("cannot start the node")?;
+        let r = if bootstrap.is_empty() {
+            Ok(())
+        } else {
+            node.wait_reachable(PUBLISH_TIMEOUT).await.with_context(|| {
+                format!(
+                    "gave up making this node reachable by id after {} s",
+                    PUBLISH_TIMEOUT.as_secs()
+                )
+            })
+        };
+        if r.is_ok() {
+            let unl = node.unl();
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"id": node.id(), "unl": unl.emit(), "published": node.published_seq().is_some()})
+                );
+            } else {
+                println!("{}", unl.emit());
+            }
+        }
+        node.shutdown().await;
+        r
+    })
 }
 
 /// Runs `natkit connect`.

@@ -1,4 +1,4 @@
-//! `natkit unl decode` and `natkit unl encode`.
+//! `natkit unl` (this node's own UNL), `natkit unl decode` and `natkit unl encode`.
 
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,6 +14,10 @@ use super::{Cli, UsageError, usage};
 /// `natkit unl ...`
 #[derive(Debug, Subcommand)]
 pub enum UnlCommand {
+    /// Print this node's own UNL (the default): with --bootstrap, once it is
+    /// reachable by id (the UNL published in the DHT, with the address the
+    /// DHT saw and rendezvous points); without, its LAN addresses only.
+    Show(super::node::BindArgs),
     /// Print every field of a UNL (with --json: one JSON object).
     Decode {
         /// The UNL text (starts with "nk").
@@ -21,6 +25,15 @@ pub enum UnlCommand {
     },
     /// Build a UNL from flags and print it (for scripts and tests).
     Encode(EncodeArgs),
+}
+
+/// `natkit unl [COMMAND]`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct UnlArgs {
+    /// What to do (default `show`: this node's own UNL).
+    #[command(subcommand)]
+    pub command: Option<UnlCommand>,
 }
 
 /// Flags of `natkit unl encode`.
@@ -85,6 +98,7 @@ pub enum NodeArg {
 /// Runs a `natkit unl` command.
 pub fn run(cli: &Cli, cmd: &UnlCommand) -> anyhow::Result<()> {
     match cmd {
+        UnlCommand::Show(args) => super::node::own_unl(cli, args),
         UnlCommand::Decode { unl } => decode(cli, unl),
         UnlCommand::Encode(args) => encode(cli, args),
     }

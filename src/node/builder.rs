@@ -46,6 +46,7 @@ pub struct NodeBuilder {
     state_dir: Option<PathBuf>,
     net: NetConfig,
     limits: LimitsConfig,
+    port_mapping: bool,
 }
 
 impl Default for NodeBuilder {
@@ -58,6 +59,7 @@ impl Default for NodeBuilder {
             state_dir: None,
             net: NetConfig::default(),
             limits: LimitsConfig::default(),
+            port_mapping: true,
         }
     }
 }
@@ -149,6 +151,19 @@ impl NodeBuilder {
         self
     }
 
+    /// Whether the node maps its port on the gateway (PCP, NAT-PMP or UPnP)
+    /// in the background, keeps the lease and removes it at shutdown (default
+    /// on; never for a node bound to loopback). The mapped address goes in
+    /// the UNL; see [`Node::mapping`].
+    ///
+    /// ```
+    /// let builder = natkit::Node::builder().port_mapping(false);
+    /// ```
+    pub fn port_mapping(mut self, on: bool) -> Self {
+        self.port_mapping = on;
+        self
+    }
+
     /// Binds TCP and UDP, joins the DHT (when bootstrap nodes were given),
     /// makes and signs the UNL and publishes it. A failed publish does not fail
     /// the build: it is logged and retried every
@@ -219,6 +234,7 @@ impl NodeBuilder {
             }),
             publish_lock: tokio::sync::Mutex::new(()),
             traversal: super::traverse::Traversal::new(self.limits.clone()),
+            mapping: Mutex::new(None),
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
             span,
@@ -242,6 +258,17 @@ impl NodeBuilder {
             )
             .instrument(node.inner.span.clone()),
         );
+        if self.port_mapping && !self.bind_ip.is_loopback() {
+            node.inner.tracker.spawn(
+                super::portmap::map_loop(
+                    Arc::downgrade(&node.inner),
+                    self.bind_ip,
+                    port,
+                    node.inner.cancel.clone(),
+                )
+                .instrument(node.inner.span.clone()),
+            );
+        }
         if let Err(e) = node.refresh(false).await {
             tracing::warn!(parent: &node.inner.span, error = %e, "could not publish the UNL; retrying in the background");
         }

@@ -9,10 +9,12 @@
 //! publishes it in the DHT under its key (a BEP 44 mutable item, salt
 //! [`UNL_SALT`], see [`unl_record`]), again whenever it changes. So a bare
 //! node id is enough to connect: [`Node::connect`] looks the UNL up, asks the
-//! planner ([`natkit_traversal::plan`]) how to reach the node, and makes the
-//! direct attempts (LAN, mapped, direct). Reverse connect and hole punching
-//! come with the traversal driver; a plan that needs them ends, for now, in
-//! [`ConnectError::NeedsTraversal`].
+//! planner ([`natkit_traversal::plan`]) how to reach the node, and races the
+//! attempts: LAN, mapped and direct dials, a reverse connect, a TCP hole
+//! punch (docs/traversal.md). Unless it is known to be reachable, a node
+//! registers with rendezvous nodes, through which the reverse connects and
+//! punches of others reach it ([`Node::wait_reachable`]); it maps its port on
+//! the gateway in the background ([`Node::mapping`]).
 //!
 //! # Layout
 //! - this file: [`Node`], [`NodeError`];
@@ -21,8 +23,12 @@
 //! - `target.rs`: [`Target`], a UNL or a node id, parsed from text;
 //! - `record.rs`: the node's own UNL and its DHT record ([`unl_record`],
 //!   [`decode_record`]);
-//! - `connect.rs`: running the plan's direct attempts ([`Path`],
-//!   [`ConnectError`]).
+//! - `connect.rs`: running a plan: its attempts race ([`Path`],
+//!   [`ConnectError`]);
+//! - `traverse.rs`: reverse connects and hole punches, ours and the answers
+//!   to others' requests, with their limits ([`TraversalError`]);
+//! - `portmap.rs`: the node's own port mappings, in the background;
+//! - `blocking.rs`: [`BlockingNode`], the event-loop form.
 //!
 //! # Example
 //! ```
@@ -65,12 +71,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+pub mod blocking;
 mod builder;
 mod connect;
+mod portmap;
 mod record;
 mod target;
 mod traverse;
 
+pub use blocking::BlockingNode;
 pub use builder::NodeBuilder;
 
 pub use connect::{AttemptError, AttemptFailure, ConnectError, Path, PathKind};
@@ -129,6 +138,9 @@ pub enum NodeError {
     /// The DHT speaks IPv4 only for now.
     #[error("cannot bind to {0}: the DHT speaks IPv4 only for now")]
     Ipv6(IpAddr),
+    /// The runtime thread of a [`BlockingNode`] could not start.
+    #[error("cannot start the node's runtime: {0}")]
+    Runtime(#[source] std::io::Error),
     /// The TCP listener could not start.
     #[error("cannot start the connection manager: {0}")]
     Net(#[source] NetError),
@@ -216,6 +228,8 @@ struct Inner {
     publish_lock: tokio::sync::Mutex<()>,
     /// Reverse connects and hole punches running, and their limits.
     traversal: traverse::Traversal,
+    /// Our TCP port mapping on the gateway, while there is one.
+    mapping: Mutex<Option<natkit_portmap::gateway::Mapping>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     span: tracing::Span,
@@ -307,6 +321,33 @@ impl Node {
     /// ```
     pub fn published_seq(&self) -> Option<i64> {
         self.state().published_seq
+    }
+
+    /// Our TCP port mapping on the gateway, if the node made one (see
+    /// [`NodeBuilder::port_mapping`]); its external address is in the UNL.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), natkit::node::NodeError> {
+    /// let node = natkit::Node::builder().bind_ip("127.0.0.1".parse().unwrap()).build().await?;
+    /// assert!(node.mapping().is_none()); // bound to loopback: no gateway to ask
+    /// # node.shutdown().await; Ok(()) }
+    /// ```
+    pub fn mapping(&self) -> Option<natkit_portmap::gateway::Mapping> {
+        *self.inner.mapping.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The UNL in the DHT record last stored, if any.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), natkit::node::NodeError> {
+    /// let node = natkit::Node::builder().bind_ip("127.0.0.1".parse().unwrap()).build().await?;
+    /// assert!(node.published_unl().is_none());
+    /// # node.shutdown().await; Ok(()) }
+    /// ```
+    pub fn published_unl(&self) -> Option<Unl> {
+        self.state().published.clone()
     }
 
     /// Whether peers can reach us by node id: our UNL is in the DHT, and
@@ -407,6 +448,14 @@ impl Node {
         };
         let mut fresh = record::own_unl(self.id(), &inner.lan, inner.port, observed, class)
             .map_err(NodeError::Unl)?;
+        if let Some(m) = self.mapping() {
+            let (source, addr) = portmap::external(&m);
+            fresh.add_addr(source, addr).map_err(NodeError::Unl)?;
+            // The gateway is the outermost NAT: peers reach us through it.
+            if observed.is_some_and(|o| o.ip() == addr.ip()) {
+                fresh.node = NodeType::Reachable;
+            }
+        }
         // Not before the DHT has seen us. Unless we are known to be reachable
         // (an open NAT type may be a firewall), peers need rendezvous points
         // to reach us through.
@@ -730,8 +779,13 @@ impl Node {
                 .map(|c| c.addr)
                 .collect(),
             nat: unl.nat,
-            reachable: unl.nat == NatType::Open,
-            port_mapped: false,
+            reachable: unl.nat == NatType::Open || unl.node == NodeType::Reachable,
+            port_mapped: unl.addrs.iter().any(|c| {
+                matches!(
+                    c.source,
+                    AddrSource::Upnp | AddrSource::NatPmp | AddrSource::Pcp
+                )
+            }),
         }
     }
 

@@ -98,7 +98,7 @@ pub fn decode_record(node_id: &NodeId, item: &MutableItem) -> Result<Unl, Record
 /// The IPv4 addresses to list as LAN addresses for a node bound to `bind_ip`:
 /// that address itself, or for `0.0.0.0` the addresses of the local interfaces
 /// that are up (loopback only when there is nothing else), at most
-/// [`MAX_ADDRS`]` - 1` (one place is kept for the observed address).
+/// [`MAX_ADDRS`]` - 2` (places are kept for the observed and the mapped address).
 pub(crate) fn lan_ips(bind_ip: IpAddr) -> Vec<IpAddr> {
     if !bind_ip.is_unspecified() {
         return vec![bind_ip];
@@ -111,7 +111,7 @@ pub(crate) fn lan_ips(bind_ip: IpAddr) -> Vec<IpAddr> {
         .collect();
     ips.sort();
     ips.dedup();
-    ips.truncate(MAX_ADDRS - 1);
+    ips.truncate(MAX_ADDRS - 2);
     if ips.is_empty() {
         ips.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
     }

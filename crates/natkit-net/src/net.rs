@@ -393,13 +393,15 @@ impl Net {
         }
     }
 
-    /// A counter that moves whenever something happens (event-loop API).
-    pub(crate) fn activity(&self) -> u64 {
+    /// A counter that moves whenever something happens: a connection comes or
+    /// goes, lines arrive (for event loops; see [`Net::wait_activity`]).
+    pub fn activity(&self) -> u64 {
         self.inner.hub.activity()
     }
 
-    /// Waits until the activity counter moves from `seen`, or `timeout`.
-    pub(crate) async fn wait_activity(&self, seen: u64, timeout: std::time::Duration) {
+    /// Waits until the [activity](Net::activity) counter moves from `seen`,
+    /// or `timeout`.
+    pub async fn wait_activity(&self, seen: u64, timeout: std::time::Duration) {
         self.inner.hub.wait_activity(seen, timeout).await
     }
 
