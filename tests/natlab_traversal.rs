@@ -419,3 +419,49 @@ fn a_peer_that_vanishes_mid_connect_is_a_clean_error_and_nothing_leaks() {
     );
     drop(boot);
 }
+
+/// `natkit showtype` on `host`: its JSON report.
+fn showtype(lab: &Lab, host: Host, boot: &str, dir: &Path) -> serde_json::Value {
+    let key = dir.join(format!("{host}.key"));
+    let out = lab
+        .run(
+            host,
+            &[
+                env!("CARGO_BIN_EXE_natkit"),
+                "--key",
+                key.to_str().unwrap(),
+                "--port",
+                "43000",
+                "--bootstrap",
+                boot,
+                "--json",
+                "showtype",
+            ],
+        )
+        .expect("run showtype");
+    assert!(out.success(), "showtype on {host}: {out:?}");
+    serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+}
+
+/// The dial-back check: a rendezvous node dials the node back, and only a
+/// node that unsolicited connections reach hears from it.
+#[test]
+fn dial_back_tells_reachable_from_not() {
+    if !natkit_lab::lab_or_skip("dial_back_tells_reachable_from_not") {
+        return;
+    }
+    for (a, b, want_a, want_b) in [
+        (NatKind::Open, NatKind::Cone, true, false),
+        (NatKind::Firewall, NatKind::Symmetric, false, false),
+    ] {
+        let lab = Lab::up(nats(a, b).delay_ms(DELAY_MS)).expect("lab up");
+        let dir = tempfile::tempdir().unwrap();
+        let (boot, boot_addr) = start_bootstrap(&lab, dir.path());
+        for (host, kind, want) in [(Host::Alice, a, want_a), (Host::Bob, b, want_b)] {
+            let report = showtype(&lab, host, &boot_addr, dir.path());
+            eprintln!("{kind:?}: {report}");
+            assert_eq!(report["tcp_reachable"], want, "{kind:?}: {report}");
+        }
+        drop(boot);
+    }
+}

@@ -423,6 +423,11 @@ async fn showtype_report(json: bool, node: &Node) -> anyhow::Result<()> {
     };
     let class = c.class.to_string();
     let nat = crate::cli::unl::nat_name(c.class.nat_type());
+    // TCP reachability: register with rendezvous nodes, ask them to dial back.
+    let tcp = match node.register_rendezvous().await {
+        Ok(_) => node.check_reachability().await,
+        Err(_) => None,
+    };
     if json {
         let evidence: Vec<_> = observations
             .iter()
@@ -444,10 +449,19 @@ async fn showtype_report(json: bool, node: &Node) -> anyhow::Result<()> {
                 "local_port": node.port(),
                 "external": c.external.map(|a| a.to_string()),
                 "evidence": evidence,
+                "tcp_reachable": tcp,
             })
         );
     } else {
         println!("udp: {class} (UNL nat type {nat})");
+        println!(
+            "tcp: {}",
+            match tcp {
+                Some(true) => "reachable (a rendezvous node dialed us back)",
+                Some(false) => "not reachable unsolicited (no dial-back arrived within 3 s)",
+                None => "unknown (no natkit rendezvous node off our network to ask)",
+            }
+        );
         if let Some(e) = c.external {
             println!("external address: {e}");
         }

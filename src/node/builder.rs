@@ -235,6 +235,7 @@ impl NodeBuilder {
             publish_lock: tokio::sync::Mutex::new(()),
             traversal: super::traverse::Traversal::new(self.limits.clone()),
             mapping: Mutex::new(None),
+            reachability: Mutex::new(None),
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
             span,

@@ -85,7 +85,7 @@ pub use builder::NodeBuilder;
 pub use connect::{AttemptError, AttemptFailure, ConnectError, Path, PathKind};
 pub use record::{RecordError, UNL_SALT, decode_record, unl_record};
 pub use target::{MAX_QUOTED_CHARS, Target, TargetError};
-pub use traverse::{MAX_TRAVERSALS, TraversalError};
+pub use traverse::{DIAL_BACK_HELPERS, DIAL_BACK_WAIT, MAX_TRAVERSALS, TraversalError};
 
 /// How often a node checks whether its UNL changed (the DHT learned our
 /// address, or its reports changed our NAT type) and republishes it, or retries a publish that failed. The DHT
@@ -230,6 +230,8 @@ struct Inner {
     traversal: traverse::Traversal,
     /// Our TCP port mapping on the gateway, while there is one.
     mapping: Mutex<Option<natkit_portmap::gateway::Mapping>>,
+    /// Whether a dial-back reached us (`None`: not checked, or nobody to ask).
+    reachability: Mutex<Option<bool>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     span: tracing::Span,
@@ -335,6 +337,56 @@ impl Node {
     /// ```
     pub fn mapping(&self) -> Option<natkit_portmap::gateway::Mapping> {
         *self.inner.mapping.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether unsolicited TCP connections reach this node, as a dial-back
+    /// check found out: after registering with rendezvous nodes, the node asks
+    /// up to three of them (natkit nodes, not on its LAN) to dial it back.
+    /// `None` until then, or when nobody could be asked. The UNL's node type
+    /// follows it (`reachable` or `hole-punch`; a port mapping on the outermost
+    /// NAT also makes it `reachable`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), natkit::node::NodeError> {
+    /// let node = natkit::Node::builder().bind_ip("127.0.0.1".parse().unwrap()).build().await?;
+    /// assert_eq!(node.reachability(), None);
+    /// # node.shutdown().await; Ok(()) }
+    /// ```
+    pub fn reachability(&self) -> Option<bool> {
+        *self
+            .inner
+            .reachability
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Checks now whether unsolicited TCP connections reach us (see
+    /// [`Node::reachability`]: a dial-back asked of our rendezvous nodes,
+    /// which takes up to [`DIAL_BACK_WAIT`]); records the answer, republishes
+    /// the UNL if its node type changed, and returns it. A node does this by
+    /// itself once it has registered with rendezvous nodes.
+    ///
+    /// ```no_run
+    /// # async fn demo(node: natkit::Node) {
+    /// match node.check_reachability().await {
+    ///     Some(true) => println!("peers can dial us"),
+    ///     Some(false) => println!("behind a NAT or firewall: peers punch or ask us to dial"),
+    ///     None => println!("no natkit rendezvous node to ask"),
+    /// }
+    /// # }
+    /// ```
+    pub async fn check_reachability(&self) -> Option<bool> {
+        let found = self.dial_back_check().await?;
+        *self
+            .inner
+            .reachability
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(found);
+        if let Err(e) = self.refresh(false).await {
+            tracing::info!(error = %e, "could not publish the UNL; will retry");
+        }
+        Some(found)
     }
 
     /// The UNL in the DHT record last stored, if any.
@@ -448,6 +500,11 @@ impl Node {
         };
         let mut fresh = record::own_unl(self.id(), &inner.lan, inner.port, observed, class)
             .map_err(NodeError::Unl)?;
+        match self.reachability() {
+            Some(true) => fresh.node = NodeType::Reachable,
+            Some(false) => fresh.node = NodeType::HolePunch,
+            None => {}
+        }
         if let Some(m) = self.mapping() {
             let (source, addr) = portmap::external(&m);
             fresh.add_addr(source, addr).map_err(NodeError::Unl)?;
@@ -537,7 +594,11 @@ impl Node {
                 tokio::select! {
                     () = cancel.cancelled() => {}
                     r = node.register_rendezvous() => match r {
-                        Ok(points) => tracing::info!(?points, "registered with rendezvous nodes"),
+                        Ok(points) => {
+                            tracing::info!(?points, "registered with rendezvous nodes");
+                            // Now that we know natkit nodes: are we reachable?
+                            node.check_reachability().await;
+                        }
                         Err(e) => tracing::info!(error = %e, "could not register with rendezvous nodes"),
                     }
                 }

@@ -55,6 +55,12 @@ const SIGNAL_QUEUE: usize = 16;
 /// arrive at our listener rather than through our own dial).
 const CONNECTION_POLL: Duration = Duration::from_millis(10);
 
+/// How long a reachability check waits for the dial-backs it asked for.
+pub const DIAL_BACK_WAIT: Duration = Duration::from_secs(3);
+
+/// Most rendezvous nodes asked to dial back in one reachability check.
+pub const DIAL_BACK_HELPERS: usize = 3;
+
 /// Why a reverse connect or a hole punch did not connect.
 ///
 /// ```
@@ -561,6 +567,82 @@ impl Node {
                 }
             }
         });
+    }
+
+    /// Whether unsolicited TCP connections reach us: asks up to
+    /// [`DIAL_BACK_HELPERS`] of our rendezvous nodes (natkit nodes that told
+    /// us their key, not on our LAN) to dial us back, as a `Reverse` request
+    /// (they dial only the IP address the request came from, within their
+    /// limits), and waits up to [`DIAL_BACK_WAIT`] for one of their
+    /// connections; those are closed at once. `Some(true)`: one arrived;
+    /// `Some(false)`: none did; `None`: nobody could be asked.
+    pub(crate) async fn dial_back_check(&self) -> Option<bool> {
+        let nodes = self.inner.dht.rendezvous_nodes().await.ok()?;
+        let lan = &self.inner.lan;
+        let helpers: Vec<(SocketAddr, NodeId)> = nodes
+            .into_iter()
+            .filter_map(|(addr, key)| Some((addr, NodeId::from_bytes(&key?).ok()?)))
+            .filter(|(addr, id)| {
+                let ip = addr.ip();
+                *id != self.id()
+                    && !ip.is_loopback()
+                    && !lan
+                        .iter()
+                        .any(|l| *l == ip || natkit_traversal::plan::same_lan(*l, ip))
+            })
+            .take(DIAL_BACK_HELPERS)
+            .collect();
+        let addrs = self.public_addrs();
+        if helpers.is_empty() || addrs.is_empty() {
+            return None;
+        }
+        let mut routes = Vec::new();
+        for (addr, helper) in &helpers {
+            let id = random_id();
+            let Ok((route, rx)) = Route::open(self, *helper, id, false) else {
+                continue;
+            };
+            let msg = Message::Reverse {
+                id,
+                attempt: 1,
+                addrs: addrs.clone(),
+            };
+            self.signal(*helper, vec![*addr], msg, None);
+            routes.push((route, rx));
+        }
+        if routes.is_empty() {
+            return None;
+        }
+        let net = &self.inner.net;
+        let deadline = tokio::time::Instant::now() + DIAL_BACK_WAIT;
+        let mut tick = tokio::time::interval(CONNECTION_POLL);
+        let found = loop {
+            let back: Vec<Connection> = helpers
+                .iter()
+                .filter_map(|(_, h)| net.connection(h))
+                .filter(|c| c.direction() == natkit_net::Direction::Inbound)
+                .collect();
+            if !back.is_empty() {
+                for c in &back {
+                    tracing::info!(helper = %c.node_id().short(), from = %c.remote_addr(), "dialed back: reachable");
+                    c.close();
+                }
+                break true;
+            }
+            tokio::select! {
+                () = self.inner.cancel.cancelled() => return None,
+                () = tokio::time::sleep_until(deadline) => break false,
+                _ = tick.tick() => {}
+            }
+        };
+        if !found {
+            tracing::info!(
+                asked = routes.len(),
+                "no dial-back arrived: not reachable unsolicited"
+            );
+        }
+        drop(routes);
+        Some(found)
     }
 
     /// Punches a hole to `peer` as initiator, signalling through `via`.

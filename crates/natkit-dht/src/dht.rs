@@ -326,6 +326,7 @@ enum Command {
     AddHandler(MessageHandler, oneshot::Sender<()>),
     Subscribe(u8, mpsc::Sender<Incoming>, oneshot::Sender<()>),
     RendezvousPoints(oneshot::Sender<Vec<SocketAddr>>),
+    RendezvousNodes(oneshot::Sender<Vec<(SocketAddr, Option<[u8; PUBLIC_KEY_BYTES]>)>>),
 }
 
 fn unix_now_ms() -> i64 {
@@ -589,6 +590,19 @@ impl Dht {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(Command::RendezvousPoints(tx))
+            .await
+            .map_err(|_| DhtError::Shutdown)?;
+        rx.await.map_err(|_| DhtError::Shutdown)
+    }
+
+    /// Our rendezvous nodes with their public keys, when they sent one (natkit nodes with an
+    /// identity do; see [`crate::rendezvous::RESPONSE_KEY`]).
+    pub async fn rendezvous_nodes(
+        &self,
+    ) -> Result<Vec<(SocketAddr, Option<[u8; PUBLIC_KEY_BYTES]>)>, DhtError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::RendezvousNodes(tx))
             .await
             .map_err(|_| DhtError::Shutdown)?;
         rx.await.map_err(|_| DhtError::Shutdown)
@@ -859,6 +873,9 @@ async fn run(
                 }
                 Some(Command::RendezvousPoints(reply)) => {
                     let _ = reply.send(core.rendezvous_points());
+                }
+                Some(Command::RendezvousNodes(reply)) => {
+                    let _ = reply.send(core.rendezvous_nodes());
                 }
                 None => break,
             },

@@ -78,6 +78,11 @@ pub const CHANNEL_TRAVERSAL: u8 = 1;
 /// another is refused ([`ERROR_REFUSED`]).
 pub const CHANNELS: u8 = 2;
 
+/// The key of a rendezvous node's answer to a registration that carries its
+/// ed25519 public key (when it has an identity), so that the registrant can
+/// address messages to it.
+pub const RESPONSE_KEY: &[u8] = b"nkk";
+
 /// Largest payload of a message. With the envelope a forwarded datagram stays under 1,000
 /// bytes, well below any path MTU.
 pub const MAX_PAYLOAD_BYTES: usize = 512;

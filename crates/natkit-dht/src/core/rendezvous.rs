@@ -18,7 +18,8 @@ use crate::rendezvous::{
     ERROR_UNDELIVERED, Envelope, Incoming, KEEPALIVE_INTERVAL, MAX_HOPS, MAX_INBOX,
     MAX_KEEPALIVE_FAILURES, MAX_MESSAGES_PER_IP, MAX_MESSAGES_PER_RECIPIENT, MAX_PENDING_FORWARDS,
     MESSAGE_METHOD, MessageArgs, REGISTRATION_TTL, RENDEZVOUS_NODES, RESEARCH_INTERVAL,
-    RETRY_INTERVAL, Registry, RendezvousError, ReplayCache, WindowLimit, service_info_hash, target,
+    RESPONSE_KEY, RETRY_INTERVAL, Registry, RendezvousError, ReplayCache, WindowLimit,
+    service_info_hash, target,
 };
 
 /// How long one hop may take to answer a forwarded message; a message that may travel `h`
@@ -73,6 +74,8 @@ struct Round {
 struct RvNode {
     node: NodeInfo,
     token: Vec<u8>,
+    /// Its public key, when it is a natkit node with an identity (`nkk`).
+    key: Option<[u8; PUBLIC_KEY_BYTES]>,
     next_keepalive: Instant,
     failures: u8,
 }
@@ -182,6 +185,18 @@ impl Core {
             .map_or(0, VecDeque::len)
     }
 
+    /// Our rendezvous nodes with their public keys, when they sent one (natkit nodes with an
+    /// identity do, in their answer to our registration).
+    pub fn rendezvous_nodes(&self) -> Vec<(SocketAddr, Option<[u8; PUBLIC_KEY_BYTES]>)> {
+        let Some(c) = &self.rv.client else {
+            return Vec::new();
+        };
+        c.nodes
+            .iter()
+            .map(|n| (SocketAddr::V4(n.node.addr), n.key))
+            .collect()
+    }
+
     /// Our current rendezvous nodes (empty unless registered), closest to our target first.
     pub fn rendezvous_points(&self) -> Vec<SocketAddr> {
         let Some(c) = &self.rv.client else {
@@ -252,6 +267,15 @@ impl Core {
         let ttl = i64::try_from(REGISTRATION_TTL.as_secs()).unwrap_or(i64::MAX);
         r.extra
             .insert(b"ttl".to_vec(), crate::bencode::Value::Int(ttl));
+        // Our key, so that the registrant can address messages to us (a natkit
+        // node asks its rendezvous nodes to dial it back, to learn whether it
+        // is reachable).
+        if let Some(k) = &self.rv.identity {
+            r.extra.insert(
+                RESPONSE_KEY.to_vec(),
+                crate::bencode::Value::Bytes(k.verifying_key().to_bytes().to_vec()),
+            );
+        }
         Ok(r)
     }
 
@@ -605,6 +629,7 @@ impl Core {
                             addr: tx.to,
                         },
                         token: next_token(r),
+                        key: answer_key(r),
                         next_keepalive: now + keepalive,
                         failures: 0,
                     });
@@ -743,6 +768,14 @@ impl Core {
 
 fn hop_timeout(hops: u8) -> Duration {
     HOP_TIMEOUT * (u32::from(hops) + 1)
+}
+
+/// The rendezvous node's public key in its answer (`nkk`), if any.
+fn answer_key(r: &Response) -> Option<[u8; PUBLIC_KEY_BYTES]> {
+    r.extra
+        .get(RESPONSE_KEY)
+        .and_then(crate::bencode::Value::as_bytes)
+        .and_then(|b| <[u8; PUBLIC_KEY_BYTES]>::try_from(b).ok())
 }
 
 fn next_token(r: &Response) -> Vec<u8> {
