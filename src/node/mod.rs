@@ -665,7 +665,10 @@ impl Node {
     }
 
     /// Looks the UNL of `node_id` up in the DHT and checks it
-    /// ([`decode_record`]). Our own id gives our own UNL.
+    /// ([`decode_record`]); the first valid record found is taken, without
+    /// waiting for the lookup to reach every node close to the key (a
+    /// connect that fails looks again, for the newest record: see
+    /// [`Node::connect`]). Our own id gives our own UNL.
     ///
     /// ```no_run
     /// # async fn demo(alice: natkit::Node, bob: natkit::identity::NodeId) -> Result<(), natkit::node::ConnectError> {
@@ -674,26 +677,76 @@ impl Node {
     /// # Ok(()) }
     /// ```
     pub async fn lookup(&self, node_id: NodeId) -> Result<Unl, ConnectError> {
+        self.lookup_with(node_id, true).await
+    }
+
+    /// [`Node::lookup`]; `first`: the first valid record, else the one with
+    /// the highest `seq` once the lookup ended.
+    async fn lookup_with(&self, node_id: NodeId, first: bool) -> Result<Unl, ConnectError> {
         if node_id == self.id() {
             return Ok(self.unl());
         }
-        let get = self
-            .inner
-            .dht
-            .get_mutable(*node_id.as_bytes(), UNL_SALT, None);
-        let item = match tokio::time::timeout(LOOKUP_TIMEOUT, get).await {
-            Err(_) => {
-                return Err(ConnectError::LookupTimeout {
-                    node_id,
-                    secs: LOOKUP_TIMEOUT.as_secs_f64(),
-                });
-            }
-            Ok(Err(DhtError::Shutdown)) => return Err(ConnectError::Shutdown),
-            Ok(Err(source)) => return Err(ConnectError::Lookup { node_id, source }),
-            Ok(Ok(None)) => return Err(ConnectError::NotFound { node_id }),
-            Ok(Ok(Some(item))) => item,
+        let timed_out = || ConnectError::LookupTimeout {
+            node_id,
+            secs: LOOKUP_TIMEOUT.as_secs_f64(),
         };
-        decode_record(&node_id, &item).map_err(|source| ConnectError::BadRecord { node_id, source })
+        let dht_err = |source| match source {
+            DhtError::Shutdown => ConnectError::Shutdown,
+            source => ConnectError::Lookup { node_id, source },
+        };
+        let found = |item: Option<natkit_dht::bep44::MutableItem>| match item {
+            None => Err(ConnectError::NotFound { node_id }),
+            Some(item) => decode_record(&node_id, &item)
+                .map_err(|source| ConnectError::BadRecord { node_id, source }),
+        };
+        let dht = &self.inner.dht;
+        let key = *node_id.as_bytes();
+        if !first {
+            return match tokio::time::timeout(LOOKUP_TIMEOUT, dht.get_mutable(key, UNL_SALT, None))
+                .await
+            {
+                Err(_) => Err(timed_out()),
+                Ok(Err(e)) => Err(dht_err(e)),
+                Ok(Ok(item)) => found(item),
+            };
+        }
+        let deadline = tokio::time::Instant::now() + LOOKUP_TIMEOUT;
+        let mut replies = dht
+            .get_mutable_stream(key, UNL_SALT, None)
+            .await
+            .map_err(dht_err)?;
+        loop {
+            let event = match tokio::time::timeout_at(deadline, replies.recv()).await {
+                Err(_) => return Err(timed_out()),
+                Ok(None) => return Err(ConnectError::Shutdown),
+                Ok(Some(e)) => e,
+            };
+            match event {
+                natkit_dht::dht::LookupEvent::Reply { response: r, .. } => {
+                    let (Some(k), Some(seq), Some(sig), Some(v)) = (r.k, r.seq, r.sig, r.v) else {
+                        continue;
+                    };
+                    let item = natkit_dht::bep44::MutableItem {
+                        k,
+                        salt: UNL_SALT.to_vec(),
+                        seq,
+                        v,
+                        sig,
+                    };
+                    // A forged or broken record from one node: wait for others.
+                    if item.verify().is_err() {
+                        continue;
+                    }
+                    if let Ok(unl) = decode_record(&node_id, &item) {
+                        return Ok(unl);
+                    }
+                }
+                natkit_dht::dht::LookupEvent::Done(natkit_dht::core::Outcome::Mutable(m)) => {
+                    return found(m);
+                }
+                natkit_dht::dht::LookupEvent::Done(_) => return found(None),
+            }
+        }
     }
 
     /// Connects to `target`: a node id is looked up first ([`Node::lookup`]);
@@ -757,7 +810,7 @@ impl Node {
         };
         // A stale UNL? Look the peer up again; a different one gets one more plan.
         let t1 = Instant::now();
-        let fresh = match self.lookup(node_id).await {
+        let fresh = match self.lookup_with(node_id, false).await {
             Ok(fresh) if !record::same_reach(&fresh, &unl) => fresh,
             _ => {
                 let internet = plan::plan(&self.situation(), &unl, Instant::now())

@@ -15,20 +15,42 @@ pub fn example(name: &str) -> PathBuf {
     p.join("examples").join(name)
 }
 
-/// Makes sure the example binaries exist. A plain `cargo test` builds them
-/// before running any test; only when a single test file is run (`cargo test
-/// --test examples`) are they missing or older than their sources, and then
-/// this builds them (which takes a while: another feature set than the tests').
+/// The newest modification time of the `.rs` files under `dir`.
+fn newest_source(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest_source(&path)
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        } else {
+            None
+        };
+        newest = newest.max(t);
+    }
+    newest
+}
+
+/// Makes sure the example binaries exist and are newer than every source
+/// they are built from (the examples, the facade crate and the crates). A
+/// plain `cargo test` builds them before running any test; only when a single
+/// test file is run (`cargo test --test examples`) may they be missing or
+/// stale, and then this builds them (which takes a while: another feature set
+/// than the tests').
 pub fn build_examples() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut sources = newest_source(&root.join("examples")).max(newest_source(&root.join("src")));
+    if let Ok(crates) = std::fs::read_dir(root.join("crates")) {
+        for c in crates.flatten() {
+            sources = sources.max(newest_source(&c.path().join("src")));
+        }
+    }
     let fresh = ["line_listener", "line_dialer", "punch_peer", "alice", "bob"]
         .iter()
         .all(|name| {
             let bin = std::fs::metadata(example(name)).and_then(|m| m.modified());
-            let src = std::fs::metadata(
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.rs")),
-            )
-            .and_then(|m| m.modified());
-            matches!((bin, src), (Ok(b), Ok(s)) if b >= s)
+            matches!((bin, sources), (Ok(b), Some(s)) if b >= s)
         });
     if fresh {
         return;

@@ -533,6 +533,24 @@ impl Dht {
         }
     }
 
+    /// [`Dht::get_mutable`] as a stream: every reply as it arrives (a reply with the item has
+    /// `k`, `seq`, `sig` and `v`; check it with [`MutableItem::verify`] before believing it),
+    /// then [`LookupEvent::Done`] with the highest `seq` found. For a reader that can act on
+    /// the first item and does not need to wait for the lookup to end.
+    pub async fn get_mutable_stream(
+        &self,
+        k: [u8; PUBLIC_KEY_BYTES],
+        salt: &[u8],
+        more_recent_than: Option<i64>,
+    ) -> Result<mpsc::Receiver<LookupEvent>, DhtError> {
+        self.stream(Request::GetMutable {
+            k,
+            salt: salt.to_vec(),
+            more_recent_than,
+        })
+        .await
+    }
+
     /// Stops republishing our item under `target` (puts are republished hourly until then).
     pub async fn stop_republishing(&self, target: Id) -> Result<(), DhtError> {
         self.commands
