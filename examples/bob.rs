@@ -16,13 +16,15 @@
 //! ```
 //!
 //! and exits 0; if no connection can be made, one line `error: ...` on stderr
-//! and exit 1.
+//! and exit 1. With `--wait-mapped` he first waits (up to 20 s) for his node's
+//! port mapping on his router.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use natkit::Node;
 use natkit::identity::NodeId;
+use natkit::unl::AddrSource;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -41,8 +43,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut port = 0u16;
     let mut to: Option<NodeId> = None;
     let mut line = "hello from bob".to_string();
+    let mut wait_mapped = false;
     let mut args = std::env::args().skip(1);
     while let Some(opt) = args.next() {
+        if opt == "--wait-mapped" {
+            wait_mapped = true;
+            continue;
+        }
         let val = args.next().ok_or(format!("{opt} needs a value"))?;
         match opt.as_str() {
             "--bootstrap" => bootstrap.push(val.parse()?),
@@ -58,6 +65,22 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .bootstrap(&bootstrap)
         .build()
         .await?;
+    if wait_mapped {
+        // Until the UNL (remade when the mapping is made) lists it: the plan
+        // then knows we are reachable through it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !bob.unl().addrs.iter().any(|c| {
+            matches!(
+                c.source,
+                AddrSource::Upnp | AddrSource::NatPmp | AddrSource::Pcp
+            )
+        }) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err("no port mapping in the UNL after 20 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let result = async {
         let t0 = std::time::Instant::now();
         let (con, path) = bob.connect(alice).await?;

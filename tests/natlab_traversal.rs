@@ -101,21 +101,20 @@ fn run_bob(lab: &Lab, host: Host, boot: &str) -> (CmdOutput, Duration) {
     let bin = example("bob");
     let port = BOB_PORT.to_string();
     let alice_id = keypair(1).node_id().to_string();
+    let mut argv = vec![
+        bin.to_str().unwrap(),
+        "--bootstrap",
+        boot,
+        "--port",
+        &port,
+        "--to",
+        &alice_id,
+    ];
+    if host == Host::Bob && matches!(lab.config().upnp, Upnp::NatB | Upnp::Both) {
+        argv.push("--wait-mapped");
+    }
     let t = Instant::now();
-    let bob = lab
-        .spawn(
-            host,
-            &[
-                bin.to_str().unwrap(),
-                "--bootstrap",
-                boot,
-                "--port",
-                &port,
-                "--to",
-                &alice_id,
-            ],
-        )
-        .expect("spawn bob");
+    let bob = lab.spawn(host, &argv).expect("spawn bob");
     let out = bob.wait_timeout(BOB_LIMIT).expect("bob ends in time");
     (out, t.elapsed())
 }
@@ -296,6 +295,64 @@ fn firewall_to_cone_is_punched() {
         Host::Alice,
         Host::Bob,
         Expect::Path("punched"),
+    );
+}
+
+/// Both public, and in one /24 (the lab gives the open hosts 198.51.100.2
+/// and .130): the planner takes that for a LAN and dials there first, which
+/// is the same address a direct dial would take.
+#[test]
+fn open_to_open_in_one_slash_24_is_dialed_as_lan() {
+    cell(
+        "open_to_open_in_one_slash_24_is_dialed_as_lan",
+        nats(NatKind::Open, NatKind::Open),
+        Host::Alice,
+        Host::Bob,
+        Expect::Path("lan"),
+    );
+}
+
+#[test]
+fn firewall_to_firewall_is_punched() {
+    cell(
+        "firewall_to_firewall_is_punched",
+        nats(NatKind::Firewall, NatKind::Firewall),
+        Host::Alice,
+        Host::Bob,
+        Expect::Path("punched"),
+    );
+}
+
+#[test]
+fn mapped_cone_to_cone_is_a_reverse_connect() {
+    cell(
+        "mapped_cone_to_cone_is_a_reverse_connect",
+        nats(NatKind::Cone, NatKind::Cone).upnp(Upnp::NatB),
+        Host::Alice,
+        Host::Bob,
+        Expect::Path("reverse"),
+    );
+}
+
+#[test]
+fn symmetric_to_symmetric_cannot_connect_without_a_relay() {
+    cell(
+        "symmetric_to_symmetric_cannot_connect_without_a_relay",
+        nats(NatKind::Symmetric, NatKind::Symmetric),
+        Host::Alice,
+        Host::Bob,
+        Expect::NoConnection,
+    );
+}
+
+#[test]
+fn firewall_to_symmetric_cannot_connect_without_a_relay() {
+    cell(
+        "firewall_to_symmetric_cannot_connect_without_a_relay",
+        nats(NatKind::Symmetric, NatKind::Firewall),
+        Host::Alice,
+        Host::Bob,
+        Expect::NoConnection,
     );
 }
 

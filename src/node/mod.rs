@@ -808,10 +808,11 @@ impl Node {
             Err(Failed::Fatal(e)) => return Err(e),
             Err(Failed::All { failures, .. }) => failures,
         };
-        // A stale UNL? Look the peer up again; a different one gets one more plan.
+        // A stale UNL? Look the peer up again; one with other addresses (the
+        // peer moved, or restarted on another port) gets one more plan.
         let t1 = Instant::now();
         let fresh = match self.lookup_with(node_id, false).await {
-            Ok(fresh) if !record::same_reach(&fresh, &unl) => fresh,
+            Ok(fresh) if fresh.addrs != unl.addrs => fresh,
             _ => {
                 let internet = plan::plan(&self.situation(), &unl, Instant::now())
                     .ok()
