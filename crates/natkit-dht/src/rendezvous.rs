@@ -111,8 +111,10 @@ pub const RETRY_INTERVAL: Duration = Duration::from_secs(15);
 /// Registrations a rendezvous node holds at most.
 pub const MAX_REGISTRATIONS: usize = 4096;
 
-/// Registrations from one IP address at most (a CGNAT puts many nodes behind one IP).
-pub const MAX_REGISTRATIONS_PER_IP: usize = 16;
+/// Most live registrations from one IP address: a carrier-grade NAT puts many users behind one.
+/// When an IP is at the limit, its oldest registration (most likely a node that is gone: nodes
+/// never unregister) makes room for the new one, so one IP can only ever crowd out itself.
+pub const MAX_REGISTRATIONS_PER_IP: usize = 64;
 
 /// Forwards waiting for the next hop's answer, at most.
 pub const MAX_PENDING_FORWARDS: usize = 256;
@@ -577,19 +579,17 @@ impl Registry {
                 return Err(RendezvousError::StaleSeq);
             }
             let old_ip = r.addr.ip();
-            if old_ip != from.ip() && self.ip_count(from.ip()) >= MAX_REGISTRATIONS_PER_IP {
-                return Err(RendezvousError::Full("too many registrations from this IP"));
+            if old_ip != from.ip() {
+                self.make_room(from.ip(), now);
             }
             self.release(old_ip);
         } else {
             if self.by_key.len() >= MAX_REGISTRATIONS {
                 self.expire(now);
             }
+            self.make_room(from.ip(), now);
             if self.by_key.len() >= MAX_REGISTRATIONS {
                 return Err(RendezvousError::Full("registrations full"));
-            }
-            if self.ip_count(from.ip()) >= MAX_REGISTRATIONS_PER_IP {
-                return Err(RendezvousError::Full("too many registrations from this IP"));
             }
         }
         *self.per_ip.entry(from.ip()).or_default() += 1;
@@ -604,6 +604,33 @@ impl Registry {
 
     fn ip_count(&self, ip: IpAddr) -> usize {
         self.per_ip.get(&ip).copied().unwrap_or(0)
+    }
+
+    /// Keeps `ip` under [`MAX_REGISTRATIONS_PER_IP`]: drops its expired registrations, then,
+    /// if it is still at the limit, its oldest one.
+    fn make_room(&mut self, ip: IpAddr, now: Instant) {
+        if self.ip_count(ip) < MAX_REGISTRATIONS_PER_IP {
+            return;
+        }
+        let mut gone: Vec<[u8; PUBLIC_KEY_BYTES]> = self
+            .by_key
+            .iter()
+            .filter(|(_, r)| r.addr.ip() == ip && r.expires <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        if gone.is_empty() {
+            gone.extend(
+                self.by_key
+                    .iter()
+                    .filter(|(_, r)| r.addr.ip() == ip)
+                    .min_by_key(|(_, r)| r.expires)
+                    .map(|(k, _)| *k),
+            );
+        }
+        for k in gone {
+            self.by_key.remove(&k);
+            self.release(ip);
+        }
     }
 
     fn release(&mut self, ip: IpAddr) {

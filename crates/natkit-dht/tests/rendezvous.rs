@@ -369,3 +369,36 @@ async fn in_a_network_of_other_dhts_rendezvous_nodes_are_found_on_the_service_ha
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalives_keep_the_same_rendezvous_nodes() {
+    within(async {
+        let net = Testnet::new(12).await.expect("testnet");
+        let seeds = net.bootstrap_addrs();
+        let alice = Dht::builder()
+            .bind_addr(LOOPBACK)
+            .bootstrap(&seeds[..1])
+            .identity(key(7))
+            .rendezvous_server(false)
+            .keepalive_interval(Duration::from_millis(200))
+            .build()
+            .await
+            .expect("alice");
+        let before = alice.register().await.expect("register");
+        assert_eq!(before.len(), RENDEZVOUS_NODES);
+        // Testnet nodes have no identity, so they tell no key.
+        let nodes = alice.rendezvous_nodes().await.expect("nodes");
+        assert!(nodes.iter().all(|(_, k)| k.is_none()), "{nodes:?}");
+        // Ten keepalive rounds: each must be accepted (a refused one drops the node).
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = alice.rendezvous_points().await.expect("points");
+            assert_eq!(now, before, "the rendezvous nodes stay the same");
+        }
+        let stats = alice.stats().await.expect("stats");
+        assert_eq!(stats.errors_in, 0, "no keepalive was refused: {stats:?}");
+        alice.shutdown().await;
+        net.shutdown().await;
+    })
+    .await;
+}

@@ -56,7 +56,12 @@ impl Core {
                 self.rv_message_progress(*op, Some(Some(code)));
             }
             // A refused keepalive means the node dropped us: replace it at once.
-            Purpose::RvAnnounce { .. } if error.is_some() => self.rv_refused(&tx, now),
+            Purpose::RvAnnounce { .. } if error.is_some() => {
+                if let Some(e) = error {
+                    tracing::debug!(node = %tx.to, code = e.code, message = %String::from_utf8_lossy(&e.message), "rendezvous announce refused");
+                }
+                self.rv_refused(&tx, now)
+            }
             Purpose::RvAnnounce { .. } | Purpose::RvProbe => self.rv_answer(&tx, None, now),
         }
     }

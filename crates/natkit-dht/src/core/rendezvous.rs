@@ -259,11 +259,8 @@ impl Core {
             .map_err(refuse)?;
         self.rv.registry.register(&a, from, now).map_err(refuse)?;
         let mut r = Response::new(self.id);
-        let token = self.server.tokens_mut().token(from.ip(), now);
-        r.extra.insert(
-            b"token".to_vec(),
-            crate::bencode::Value::Bytes(token.to_vec()),
-        );
+        // The write token for the next keepalive, in the response's `token` key.
+        r.token = Some(self.server.tokens_mut().token(from.ip(), now).to_vec());
         let ttl = i64::try_from(REGISTRATION_TTL.as_secs()).unwrap_or(i64::MAX);
         r.extra
             .insert(b"ttl".to_vec(), crate::bencode::Value::Int(ttl));
@@ -778,10 +775,8 @@ fn answer_key(r: &Response) -> Option<[u8; PUBLIC_KEY_BYTES]> {
         .and_then(|b| <[u8; PUBLIC_KEY_BYTES]>::try_from(b).ok())
 }
 
+/// The token for the next keepalive: a response's `token` key (parsed into
+/// its typed field; the `extra` map never holds known keys).
 fn next_token(r: &Response) -> Vec<u8> {
-    r.extra
-        .get(b"token".as_slice())
-        .and_then(crate::bencode::Value::as_bytes)
-        .map(<[u8]>::to_vec)
-        .unwrap_or_default()
+    r.token.clone().unwrap_or_default()
 }

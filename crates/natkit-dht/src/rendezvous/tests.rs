@@ -155,28 +155,35 @@ fn registry_needs_growing_seq_and_bounds_each_ip() {
     assert!(r.is_empty());
 
     let cgnat = addr([100, 64, 0, 1], 0);
+    let mut keys = Vec::new();
     for i in 0..MAX_REGISTRATIONS_PER_IP {
         let a = Announce::sign(&key(10 + i as u8), &rv, 1, vec![]);
         let from = SocketAddr::new(cgnat.ip(), 1000 + i as u16);
-        assert_eq!(r.register(&a, from, now), Ok(()));
+        // One a millisecond: the first is the oldest.
+        let at = now + Duration::from_millis(i as u64);
+        assert_eq!(r.register(&a, from, at), Ok(()));
+        keys.push(a.k);
     }
+    let late = now + Duration::from_secs(1);
     let one_more = Announce::sign(&key(200), &rv, 1, vec![]);
     let from = SocketAddr::new(cgnat.ip(), 9);
-    assert!(matches!(
-        r.register(&one_more, from, now),
-        Err(RendezvousError::Full(_))
-    ));
+    assert_eq!(r.register(&one_more, from, late), Ok(()));
+    assert_eq!(r.lookup(&one_more.k, late), Some(from));
+    assert_eq!(r.lookup(&keys[0], late), None, "the IP's oldest made room");
+    assert!(r.lookup(&keys[1], late).is_some(), "only the oldest");
     assert_eq!(
-        r.register(&one_more, home, now),
-        Ok(()),
-        "other IPs still register"
+        r.len(),
+        MAX_REGISTRATIONS_PER_IP,
+        "the IP stays at its limit"
     );
-    r.expire(now + REGISTRATION_TTL);
-    assert_eq!(
-        r.register(&one_more, from, now + REGISTRATION_TTL),
-        Ok(()),
-        "expiry frees the IP's places"
-    );
+    // Expired ones make room first, and another IP is never touched.
+    let other = Announce::sign(&key(201), &rv, 1, vec![]);
+    assert_eq!(r.register(&other, home, late), Ok(()));
+    let much_later = late + REGISTRATION_TTL;
+    let newest = Announce::sign(&key(202), &rv, 1, vec![]);
+    assert_eq!(r.register(&newest, from, much_later), Ok(()));
+    assert_eq!(r.lookup(&newest.k, much_later), Some(from));
+    assert_eq!(r.len(), 2, "the expired registrations of the IP are gone");
 }
 
 #[test]
