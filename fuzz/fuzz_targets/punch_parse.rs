@@ -1,14 +1,18 @@
-//! Fuzzes the hole-punch message decoder. It may not panic, whatever it
-//! accepts must emit back to the same bytes (canonical form), and a punch
+//! Fuzzes the hole-punch message decoder and the signal envelope around it
+//! (reply-via addresses, then a message). Neither may panic, whatever they
+//! accept must emit back to the same bytes (canonical form), and a punch
 //! responder fed the message must not panic either.
 #![no_main]
 
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
-use natkit_traversal::punch::{Message, Punch, PunchConfig};
+use natkit_traversal::punch::{Message, Punch, PunchConfig, Signal};
 
 fuzz_target!(|data: &[u8]| {
+    if let Ok(sig) = Signal::parse(data) {
+        assert_eq!(sig.emit().as_deref(), Ok(data), "signal is not canonical");
+    }
     let Ok(msg) = Message::parse(data) else {
         return;
     };
