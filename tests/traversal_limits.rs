@@ -164,3 +164,44 @@ async fn requests_are_limited_per_requester_and_per_target() {
     first.shutdown().await;
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn answered_requests_have_a_node_wide_budget() {
+    use natkit::node::{ANSWER_BURST, ANSWER_REFILL};
+    // Per-requester and per-target budgets out of the way: only the
+    // node-wide one is left.
+    let limits = LimitsConfig {
+        target_burst: 1000,
+        global_burst: 1000,
+        ..LimitsConfig::default()
+    };
+    let node = Node::builder()
+        .bind_ip("127.0.0.1".parse().unwrap())
+        .traversal_limits(limits)
+        .build()
+        .await
+        .unwrap();
+    let (addr, hits) = target("127.0.0.1").await;
+    // Fresh node ids cost nothing: 80 requesters, one request each.
+    let t = std::time::Instant::now();
+    let mut requesters = Vec::new();
+    for seed in 0..80u8 {
+        let d = requester(100 + seed).await;
+        ask_reverse(&d, &node, 1, vec![addr]).await;
+        requesters.push(d);
+    }
+    let elapsed = t.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let dialed = hits.load(Ordering::SeqCst);
+    let refill = (elapsed.as_millis() / ANSWER_REFILL.as_millis()) as usize;
+    println!(
+        "80 requests in {elapsed:?}: {dialed} dialed (budget {ANSWER_BURST} + {refill} refilled)"
+    );
+    assert!(dialed >= ANSWER_BURST as usize, "{dialed}");
+    assert!(dialed <= ANSWER_BURST as usize + refill + 1, "{dialed}");
+    assert!(dialed < 80, "{dialed}");
+    for d in requesters {
+        d.shutdown().await;
+    }
+    node.shutdown().await;
+}

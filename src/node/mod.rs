@@ -85,7 +85,10 @@ pub use builder::NodeBuilder;
 pub use connect::{AttemptError, AttemptFailure, ConnectError, Path, PathKind};
 pub use record::{RecordError, UNL_SALT, decode_record, unl_record};
 pub use target::{MAX_QUOTED_CHARS, Target, TargetError};
-pub use traverse::{DIAL_BACK_HELPERS, DIAL_BACK_WAIT, MAX_TRAVERSALS, TraversalError};
+pub use traverse::{
+    ANSWER_BURST, ANSWER_REFILL, DIAL_BACK_HELPERS, DIAL_BACK_WAIT, MAX_ANSWER_VIA, MAX_TRAVERSALS,
+    TraversalError,
+};
 
 /// How often a node checks whether its UNL changed (the DHT learned our
 /// address, or its reports changed our NAT type) and republishes it, or retries a publish that failed. The DHT

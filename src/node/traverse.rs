@@ -34,7 +34,7 @@ use natkit_dht::dht::DhtError;
 use natkit_dht::rendezvous::{CHANNEL_TRAVERSAL, Incoming};
 use natkit_identity::NodeId;
 use natkit_net::{Connection, NetError, Role};
-use natkit_traversal::limits::{Limiter, LimitsConfig};
+use natkit_traversal::limits::{Limiter, LimitsConfig, TokenBucket};
 use natkit_traversal::plan::{DIAL_TIMEOUT, REVERSE_TIMEOUT, Side, noise_initiator};
 use natkit_traversal::punch::{
     CancelReason, DialResult, Message, Output, Punch, PunchConfig, PunchFailure, PunchRole, Signal,
@@ -47,6 +47,17 @@ use super::{Inner, Node};
 
 /// Most traversals (punches and reverse connects, ours and others') at once.
 pub const MAX_TRAVERSALS: usize = 16;
+
+/// Requests of other nodes (punch `Connect`s, `Reverse`s) answered at once,
+/// node-wide: each answer is sent through rendezvous points the request names.
+pub const ANSWER_BURST: u32 = 32;
+
+/// One more answered request per this interval (sustained: 20 a second).
+pub const ANSWER_REFILL: Duration = Duration::from_millis(50);
+
+/// Most reply-via addresses an answer is sent through (a request may name
+/// [`natkit_traversal::punch::wire::MAX_REPLY_VIA`]).
+pub const MAX_ANSWER_VIA: usize = 2;
 
 /// Signals queued for one traversal; more are dropped (the punch retries).
 const SIGNAL_QUEUE: usize = 16;
@@ -134,6 +145,8 @@ struct Routes {
 pub(crate) struct Traversal {
     routes: Mutex<Routes>,
     limiter: Mutex<Limiter>,
+    /// Requests of others answered, node-wide.
+    answers: Mutex<TokenBucket>,
 }
 
 impl Traversal {
@@ -141,6 +154,11 @@ impl Traversal {
         Traversal {
             routes: Mutex::new(Routes::default()),
             limiter: Mutex::new(Limiter::new(limits, Instant::now())),
+            answers: Mutex::new(TokenBucket::new(
+                ANSWER_BURST,
+                ANSWER_REFILL,
+                Instant::now(),
+            )),
         }
     }
 
@@ -154,6 +172,14 @@ impl Traversal {
             .punch_addrs
             .get(peer)
             .is_some_and(|m| m.contains_key(&addr))
+    }
+
+    /// Takes a token of the node-wide budget of answered requests.
+    fn take_answer(&self, now: Instant) -> bool {
+        self.answers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_take(1, now)
     }
 
     fn limiter(&self) -> MutexGuard<'_, Limiter> {
@@ -433,6 +459,7 @@ impl Node {
             other => other,
         };
         let mut reply_via = signal.reply_via;
+        reply_via.truncate(MAX_ANSWER_VIA);
         if reply_via.is_empty() {
             // Sent to us directly: answer the same way.
             reply_via.extend(incoming.sender_addr.filter(|a| *a == incoming.via));
@@ -462,13 +489,23 @@ impl Node {
     }
 
     /// Admits a request of `from`, or answers `Cancel(refused)`.
+    /// Admits a request of `from`: it names addresses on its sender's IP,
+    /// the requester is within its budget, and the node-wide budget of
+    /// answered requests ([`ANSWER_BURST`], [`ANSWER_REFILL`]) has a token
+    /// (node ids are free to make, and every answer goes to the "rendezvous
+    /// points" the request names). A request refused while that budget lasts
+    /// gets one `Cancel(refused)`; past it, nothing.
     fn admit(&self, from: NodeId, id: u64, via: &[SocketAddr], has_addrs: bool) -> bool {
+        let now = Instant::now();
+        let traversal = &self.inner.traversal;
+        if !traversal.take_answer(now) {
+            tracing::debug!(from = %from.short(), "traversal request dropped: too many requests");
+            return false;
+        }
         let admitted = has_addrs
-            && self
-                .inner
-                .traversal
+            && traversal
                 .limiter()
-                .admit_request(&from, Instant::now())
+                .admit_request(&from, now)
                 .map_err(|e| tracing::info!(from = %from.short(), error = %e, "traversal request refused"))
                 .is_ok();
         if !admitted {
