@@ -522,3 +522,84 @@ fn dial_back_tells_reachable_from_not() {
         drop(boot);
     }
 }
+
+/// A bootstrap node bound to `ip` in `host`.
+fn bootstrap_at(lab: &Lab, host: Host, ip: std::net::Ipv4Addr, dir: &Path) -> (LabChild, String) {
+    let key = dir.join(format!("boot-{ip}.key"));
+    let ip = ip.to_string();
+    let port = BOOT_PORT.to_string();
+    let mut boot = lab
+        .spawn(
+            host,
+            &[
+                env!("CARGO_BIN_EXE_natkit"),
+                "--key",
+                key.to_str().unwrap(),
+                "--port",
+                &port,
+                "--json",
+                "bootstrap-node",
+                "--bind",
+                &ip,
+            ],
+        )
+        .expect("spawn a bootstrap node");
+    boot.wait_for_stdout("\"ready\"", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("bootstrap node not ready: {e}: {}", boot.stderr()));
+    (boot, format!("{ip}:{BOOT_PORT}"))
+}
+
+/// TCP classification: three natkit nodes on three public IPs report the
+/// address each saw a TCP connection of ours come from. Behind the cone NAT
+/// they agree (the listening port kept); behind the symmetric NAT each sees
+/// another port.
+#[test]
+fn three_tcp_reporters_classify_the_nat() {
+    if !natkit_lab::lab_or_skip("three_tcp_reporters_classify_the_nat") {
+        return;
+    }
+    let lab = Lab::up(nats(NatKind::Cone, NatKind::Symmetric).delay_ms(DELAY_MS)).expect("lab up");
+    let dir = tempfile::tempdir().unwrap();
+    let r = lab.host(Host::Rendezvous);
+    let ips = [
+        r.ip,
+        r.ip2.expect("the rendezvous host has a second IP"),
+        lab.ip(Host::Public2),
+    ];
+    let hosts = [Host::Rendezvous, Host::Rendezvous, Host::Public2];
+    let boots: Vec<(LabChild, String)> = hosts
+        .iter()
+        .zip(ips)
+        .map(|(h, ip)| bootstrap_at(&lab, *h, ip, dir.path()))
+        .collect();
+    for (host, want) in [(Host::Alice, "consistent"), (Host::Bob, "random")] {
+        let key = dir.path().join(format!("{host}.key"));
+        let mut argv = vec![
+            env!("CARGO_BIN_EXE_natkit").to_string(),
+            "--key".into(),
+            key.to_str().unwrap().into(),
+            "--port".into(),
+            "43000".into(),
+        ];
+        for (_, addr) in &boots {
+            argv.extend(["--bootstrap".into(), addr.clone()]);
+        }
+        argv.extend(["--json".into(), "showtype".into()]);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let out = lab.run(host, &argv).expect("run showtype");
+        assert!(out.success(), "showtype on {host}: {out:?}");
+        let report: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+        eprintln!("{host}: {}", report["tcp"]);
+        let tcp = &report["tcp"];
+        let counted = tcp["evidence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["counted"] == true)
+            .count();
+        assert_eq!(counted, 3, "{host}: three reporters: {tcp}");
+        let class = tcp["class"].as_str().unwrap();
+        assert!(class.starts_with(want), "{host}: {class}: {tcp}");
+    }
+    drop(boots);
+}

@@ -428,6 +428,10 @@ async fn showtype_report(json: bool, node: &Node) -> anyhow::Result<()> {
         Ok(_) => node.check_reachability().await,
         Err(_) => None,
     };
+    // The TCP reports come from the rendezvous nodes the check connected to.
+    let t = node.tcp_classification();
+    let tcp_class = t.class.to_string();
+    let tcp_nat = crate::cli::unl::nat_name(t.class.nat_type());
     if json {
         let evidence: Vec<_> = observations
             .iter()
@@ -450,12 +454,31 @@ async fn showtype_report(json: bool, node: &Node) -> anyhow::Result<()> {
                 "external": c.external.map(|a| a.to_string()),
                 "evidence": evidence,
                 "tcp_reachable": tcp,
+                "tcp": {
+                    "class": tcp_class,
+                    "nat": tcp_nat,
+                    "external": t.external.map(|a| a.to_string()),
+                    "evidence": t.votes.iter().map(|v| json!({
+                        "reporter": v.reporter,
+                        "reporter_ip": v.reporter_ip.to_string(),
+                        "observed": v.observed.to_string(),
+                        "counted": v.counted,
+                    })).collect::<Vec<_>>(),
+                },
             })
         );
     } else {
         println!("udp: {class} (UNL nat type {nat})");
+        println!("tcp: {tcp_class} (UNL nat type {tcp_nat})");
+        for v in &t.votes {
+            let note = if v.counted { "" } else { " (not counted)" };
+            println!(
+                "node {} at {} saw our TCP connection come from {}{note}",
+                v.reporter, v.reporter_ip, v.observed
+            );
+        }
         println!(
-            "tcp: {}",
+            "tcp reachability: {}",
             match tcp {
                 Some(true) => "reachable (a rendezvous node dialed us back)",
                 Some(false) => "not reachable unsolicited (no dial-back arrived within 3 s)",

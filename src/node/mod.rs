@@ -64,7 +64,7 @@ use natkit_dht::bep44::Bep44Error;
 use natkit_dht::dht::{Dht, DhtError};
 use natkit_identity::{IdentityError, Keypair, NodeId};
 use natkit_net::{Connection, Net, NetError, NetEvent};
-use natkit_traversal::classify::Classification;
+use natkit_traversal::classify::{Classification, NatClass};
 use natkit_traversal::plan::{self, LocalSituation};
 use natkit_unl::{AddrSource, MAX_RENDEZVOUS, NatType, NodeType, Unl, UnlError};
 use tokio_util::sync::CancellationToken;
@@ -95,6 +95,9 @@ pub use traverse::{
 /// itself republishes the stored record hourly; this is about changes, which
 /// peers should see within seconds, at the cost of one stats call.
 pub const UNL_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Most TCP reports kept ([`Node::tcp_classification`]).
+pub const MAX_TCP_REPORTS: usize = 32;
 
 /// How often [`Node::wait_reachable`] looks.
 const REACHABLE_POLL: Duration = Duration::from_millis(20);
@@ -235,6 +238,8 @@ struct Inner {
     mapping: Mutex<Option<natkit_portmap::gateway::Mapping>>,
     /// Whether a dial-back reached us (`None`: not checked, or nobody to ask).
     reachability: Mutex<Option<bool>>,
+    /// The addresses other nodes saw our TCP connections come from.
+    tcp_reports: Mutex<Vec<natkit_traversal::classify::Observation>>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     span: tracing::Span,
@@ -380,16 +385,80 @@ impl Node {
     /// # }
     /// ```
     pub async fn check_reachability(&self) -> Option<bool> {
-        let found = self.dial_back_check().await?;
-        *self
-            .inner
-            .reachability
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(found);
+        let helpers = self.helpers().await;
+        let found = self.dial_back_check(&helpers).await;
+        if let Some(found) = found {
+            *self
+                .inner
+                .reachability
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(found);
+        }
+        // Then (never before: a helper that has a connection to us would
+        // not dial back) connect to them: how our NAT maps TCP.
+        self.tcp_probe(&helpers).await;
         if let Err(e) = self.refresh(false).await {
             tracing::info!(error = %e, "could not publish the UNL; will retry");
         }
-        Some(found)
+        found
+    }
+
+    /// Keeps a report of the address a peer saw one of our TCP connections
+    /// come from (one per reporter, the latest; at most
+    /// [`MAX_TCP_REPORTS`]).
+    fn add_tcp_report(&self, obs: natkit_traversal::classify::Observation) {
+        // From another port (the listening port's 4-tuple to that node was
+        // still taken, say by the last probe in TIME_WAIT): it says nothing
+        // of the listening port's mapping, and must not replace a report
+        // that does.
+        if obs.local_port != self.port() {
+            return;
+        }
+        let mut reports = self
+            .inner
+            .tcp_reports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        reports.retain(|o| o.reporter != obs.reporter);
+        if reports.len() >= MAX_TCP_REPORTS {
+            reports.remove(0);
+        }
+        reports.push(obs);
+    }
+
+    /// What our NAT does to TCP, from the addresses other nodes saw our TCP
+    /// connections come from: the rendezvous nodes the node connects to after
+    /// its dial-back check (see [`Node::check_reachability`]), each a real
+    /// node id. Like [`Node::udp_classification`], reporters on loopback or on
+    /// our LAN are not counted, and 3 reporter IPs are needed. When it is
+    /// known, the UNL's NAT type follows this class (hole punching uses TCP),
+    /// else the UDP one.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use natkit::traversal::classify::NatClass;
+    ///
+    /// let node = natkit::Node::builder().bind_ip("127.0.0.1".parse()?).build().await?;
+    /// assert!(matches!(node.tcp_classification().class, NatClass::Unknown { .. }));
+    /// # node.shutdown().await; Ok(()) }
+    /// ```
+    pub fn tcp_classification(&self) -> Classification {
+        let reports = self
+            .inner
+            .tcp_reports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut classifier = natkit_traversal::classify::Classifier::new(
+            natkit_traversal::classify::ClassifierConfig::default(),
+            self.inner.lan.clone(),
+        );
+        for o in reports {
+            // Local reporters (no NAT in between) are refused: they say nothing.
+            let _ = classifier.observe(o);
+        }
+        classifier.classify(natkit_traversal::classify::Transport::Tcp, Instant::now())
     }
 
     /// The UNL in the DHT record last stored, if any.
@@ -497,9 +566,14 @@ impl Node {
             Ok(o) => o.map(|(addr, _voters)| addr),
             Err(_) => return Ok(()), // shut down
         };
-        let class = match self.udp_classification().await {
-            Ok(c) => c.class,
-            Err(_) => return Ok(()), // shut down
+        let tcp = self.tcp_classification().class;
+        let class = if matches!(tcp, NatClass::Unknown { .. }) {
+            match self.udp_classification().await {
+                Ok(c) => c.class,
+                Err(_) => return Ok(()), // shut down
+            }
+        } else {
+            tcp
         };
         let mut fresh = record::own_unl(self.id(), &inner.lan, inner.port, observed, class)
             .map_err(NodeError::Unl)?;

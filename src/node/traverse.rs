@@ -613,28 +613,13 @@ impl Node {
     /// limits), and waits up to [`DIAL_BACK_WAIT`] for one of their
     /// connections; those are closed at once. `Some(true)`: one arrived;
     /// `Some(false)`: none did; `None`: nobody could be asked.
-    pub(crate) async fn dial_back_check(&self) -> Option<bool> {
-        let nodes = self.inner.dht.rendezvous_nodes().await.ok()?;
-        let lan = &self.inner.lan;
-        let helpers: Vec<(SocketAddr, NodeId)> = nodes
-            .into_iter()
-            .filter_map(|(addr, key)| Some((addr, NodeId::from_bytes(&key?).ok()?)))
-            .filter(|(addr, id)| {
-                let ip = addr.ip();
-                *id != self.id()
-                    && !ip.is_loopback()
-                    && !lan
-                        .iter()
-                        .any(|l| *l == ip || natkit_traversal::plan::same_lan(*l, ip))
-            })
-            .take(DIAL_BACK_HELPERS)
-            .collect();
+    pub(crate) async fn dial_back_check(&self, helpers: &[(SocketAddr, NodeId)]) -> Option<bool> {
         let addrs = self.public_addrs();
         if helpers.is_empty() || addrs.is_empty() {
             return None;
         }
         let mut routes = Vec::new();
-        for (addr, helper) in &helpers {
+        for (addr, helper) in helpers {
             let id = random_id();
             let Ok((route, rx)) = Route::open(self, *helper, id, false) else {
                 continue;
@@ -680,6 +665,61 @@ impl Node {
         }
         drop(routes);
         Some(found)
+    }
+
+    /// Our rendezvous nodes that told their key and are off our network (they
+    /// see us through our NAT): up to [`DIAL_BACK_HELPERS`].
+    pub(crate) async fn helpers(&self) -> Vec<(SocketAddr, NodeId)> {
+        let Ok(nodes) = self.inner.dht.rendezvous_nodes().await else {
+            return Vec::new();
+        };
+        let lan = &self.inner.lan;
+        nodes
+            .into_iter()
+            .filter_map(|(addr, key)| Some((addr, NodeId::from_bytes(&key?).ok()?)))
+            .filter(|(addr, id)| {
+                let ip = addr.ip();
+                *id != self.id()
+                    && !ip.is_loopback()
+                    && !lan
+                        .iter()
+                        .any(|l| *l == ip || natkit_traversal::plan::same_lan(*l, ip))
+            })
+            .take(DIAL_BACK_HELPERS)
+            .collect()
+    }
+
+    /// Connects to each helper from our listening port and keeps the address
+    /// it saw the connection come from (the handshake tells): how our NAT
+    /// maps TCP, the flows hole punching uses. The connections are closed.
+    pub(crate) async fn tcp_probe(&self, helpers: &[(SocketAddr, NodeId)]) -> usize {
+        let net = &self.inner.net;
+        let probes = helpers.iter().map(|(addr, helper)| async move {
+            let r = tokio::time::timeout(DIAL_TIMEOUT, net.connect(*addr, *helper)).await;
+            (*addr, *helper, r)
+        });
+        let mut got = 0;
+        for (addr, helper, r) in futures::future::join_all(probes).await {
+            match r {
+                Ok(Ok(c)) => {
+                    let obs = natkit_traversal::classify::Observation {
+                        reporter: helper,
+                        reporter_ip: addr.ip(),
+                        transport: natkit_traversal::classify::Transport::Tcp,
+                        local_port: c.local_addr().port(),
+                        observed: c.observed_addr(),
+                        at: Instant::now(),
+                    };
+                    tracing::debug!(helper = %helper.short(), observed = %obs.observed, "TCP report");
+                    self.add_tcp_report(obs);
+                    c.close();
+                    got += 1;
+                }
+                Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TCP probe failed"),
+                Err(_) => tracing::debug!(%addr, "TCP probe timed out"),
+            }
+        }
+        got
     }
 
     /// Punches a hole to `peer` as initiator, signalling through `via`.
