@@ -13,11 +13,14 @@
 //! - [`traversal`] (`natkit-traversal`): the sans-I/O NAT traversal cores
 //!   (classifier, connect planner, hole-punch coordinator).
 //! - [`node`]: the [`Node`], joining a connection manager and a DHT node on
-//!   one port and one key: it publishes its UNL in the DHT and connects to a
-//!   UNL or to a bare node id.
+//!   one port and one key: it maps its port, learns its NAT type and
+//!   reachability, publishes its UNL in the DHT, and connects to a UNL or to
+//!   a bare node id across NATs (LAN, mapped, direct, reverse connect, TCP
+//!   hole punch; docs/traversal.md). [`node::BlockingNode`] is its event-loop
+//!   form.
 //! - [`portmap`] (`natkit-portmap`): port mapping with PCP, NAT-PMP and UPnP IGD.
 //! - `natkit-lab` (test support, not re-exported): the NAT lab in Linux network
-//!   namespaces that integration tests use.
+//!   namespaces that integration tests and `natkit demo --lab` use.
 //! - [`cli`]: the `natkit` command-line tool (`src/main.rs` only calls it).
 //!
 //! # Example
