@@ -22,7 +22,6 @@ use futures::StreamExt;
 use natkit::Node;
 use natkit::identity::Keypair;
 use natkit::net::NetEvent;
-use natkit::unl::AddrSource;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -70,14 +69,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     alice.wait_reachable(Duration::from_secs(30)).await?;
     if wait_mapped {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !alice.published_unl().is_some_and(|u| {
-            u.addrs.iter().any(|c| {
-                matches!(
-                    c.source,
-                    AddrSource::Upnp | AddrSource::NatPmp | AddrSource::Pcp
-                )
-            })
-        }) {
+        while !alice
+            .published_unl()
+            .is_some_and(|u| u.addrs.iter().any(|c| c.source.is_mapping()))
+        {
             if tokio::time::Instant::now() >= deadline {
                 return Err("no port mapping in the UNL after 20 s".into());
             }

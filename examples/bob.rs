@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use natkit::Node;
 use natkit::identity::NodeId;
-use natkit::unl::AddrSource;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -69,12 +68,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         // Until the UNL (remade when the mapping is made) lists it: the plan
         // then knows we are reachable through it.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !bob.unl().addrs.iter().any(|c| {
-            matches!(
-                c.source,
-                AddrSource::Upnp | AddrSource::NatPmp | AddrSource::Pcp
-            )
-        }) {
+        while !bob.unl().addrs.iter().any(|c| c.source.is_mapping()) {
             if tokio::time::Instant::now() >= deadline {
                 return Err("no port mapping in the UNL after 20 s".into());
             }

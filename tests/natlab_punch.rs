@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use natkit_lab::{CmdOutput, Host, Lab, LabConfig, NatKind};
 
 mod common;
-use common::{build_examples, example};
+use common::{build_examples, example, field, report_fields};
 
 /// One-way delay on each NAT router's WAN link (alice↔bob RTT ≥ 80 ms).
 const DELAY_MS: u32 = 20;
@@ -80,23 +80,8 @@ fn punch(lab: &Lab, port: u16, bob_late_ms: u64) -> (CmdOutput, CmdOutput, Durat
 
 /// The `key=value` fields of the `connected ...` line.
 fn connected(who: &str, out: &CmdOutput) -> Vec<(String, String)> {
-    let line = out
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("connected "))
-        .unwrap_or_else(|| panic!("{who} did not connect: {out:?}"));
-    line.split_whitespace()
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-}
-
-fn field<'a>(fields: &'a [(String, String)], key: &str) -> &'a str {
-    fields
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or_else(|| panic!("no {key}= in {fields:?}"))
+    report_fields(&out.stdout, "connected ")
+        .unwrap_or_else(|| panic!("{who} did not connect: {out:?}"))
 }
 
 /// Conntrack's TCP flows in `router`.

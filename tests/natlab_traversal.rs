@@ -19,7 +19,7 @@ use natkit::identity::Keypair;
 use natkit_lab::{CmdOutput, Host, Lab, LabChild, LabConfig, NatKind, Upnp};
 
 mod common;
-use common::{build_examples, example};
+use common::{build_examples, example, field, report_fields};
 
 /// One-way delay on each router's WAN link.
 const DELAY_MS: u32 = 20;
@@ -46,28 +46,7 @@ fn keypair(n: u64) -> Keypair {
 
 /// The bootstrap node on the rendezvous host; returns it once ready.
 fn start_bootstrap(lab: &Lab, dir: &Path) -> (LabChild, String) {
-    let key = dir.join("boot.key");
-    let ip = lab.ip(Host::Rendezvous).to_string();
-    let port = BOOT_PORT.to_string();
-    let mut boot = lab
-        .spawn(
-            Host::Rendezvous,
-            &[
-                env!("CARGO_BIN_EXE_natkit"),
-                "--key",
-                key.to_str().unwrap(),
-                "--port",
-                &port,
-                "--json",
-                "bootstrap-node",
-                "--bind",
-                &ip,
-            ],
-        )
-        .expect("spawn the bootstrap node");
-    boot.wait_for_stdout("\"ready\"", Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("bootstrap node not ready: {e}: {}", boot.stderr()));
-    (boot, format!("{ip}:{BOOT_PORT}"))
+    bootstrap_at(lab, Host::Rendezvous, lab.ip(Host::Rendezvous), dir)
 }
 
 /// Alice on `host`, once she is reachable by id (and, when the lab has
@@ -121,24 +100,7 @@ fn run_bob(lab: &Lab, host: Host, boot: &str) -> (CmdOutput, Duration) {
 
 /// The `key=value` fields of bob's `connected ...` line.
 fn connected(out: &CmdOutput) -> Option<Vec<(String, String)>> {
-    let line = out
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("connected "))?;
-    Some(
-        line.split_whitespace()
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect(),
-    )
-}
-
-fn field<'a>(fields: &'a [(String, String)], key: &str) -> &'a str {
-    fields
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or_else(|| panic!("no {key}= in {fields:?}"))
+    report_fields(&out.stdout, "connected ")
 }
 
 /// What a cell expects.

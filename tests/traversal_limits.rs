@@ -32,6 +32,16 @@ async fn target(ip: &str) -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, count)
 }
 
+/// The node under test, on loopback, with these limits.
+async fn node(limits: LimitsConfig) -> Node {
+    Node::builder()
+        .bind_ip("127.0.0.1".parse().unwrap())
+        .traversal_limits(limits)
+        .build()
+        .await
+        .unwrap()
+}
+
 /// A requester: a DHT node with its own key, on 127.0.0.1.
 async fn requester(seed: u8) -> Dht {
     Dht::builder()
@@ -90,11 +100,7 @@ async fn refusals(
 
 #[tokio::test]
 async fn a_request_cannot_aim_the_node_at_another_address() {
-    let node = Node::builder()
-        .bind_ip("127.0.0.1".parse().unwrap())
-        .build()
-        .await
-        .unwrap();
+    let node = node(LimitsConfig::default()).await;
     // The victim listens on 127.0.0.2: another IP than the requester's.
     let (victim, hits) = target("127.0.0.2").await;
     let mallory = requester(9).await;
@@ -117,12 +123,7 @@ async fn requests_are_limited_per_requester_and_per_target() {
         node_refill: Duration::from_secs(600),
         ..LimitsConfig::default()
     };
-    let node = Node::builder()
-        .bind_ip("127.0.0.1".parse().unwrap())
-        .traversal_limits(limits)
-        .build()
-        .await
-        .unwrap();
+    let node = node(limits).await;
     let (addr, hits) = target("127.0.0.1").await;
 
     // One requester: NODE_BURST requests are served, the next one refused.
@@ -175,12 +176,7 @@ async fn answered_requests_have_a_node_wide_budget() {
         global_burst: 1000,
         ..LimitsConfig::default()
     };
-    let node = Node::builder()
-        .bind_ip("127.0.0.1".parse().unwrap())
-        .traversal_limits(limits)
-        .build()
-        .await
-        .unwrap();
+    let node = node(limits).await;
     let (addr, hits) = target("127.0.0.1").await;
     // Fresh node ids cost nothing: 80 requesters, one request each.
     let t = std::time::Instant::now();

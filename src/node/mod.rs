@@ -972,12 +972,7 @@ impl Node {
                 .collect(),
             nat: unl.nat,
             reachable: unl.nat == NatType::Open || unl.node == NodeType::Reachable,
-            port_mapped: unl.addrs.iter().any(|c| {
-                matches!(
-                    c.source,
-                    AddrSource::Upnp | AddrSource::NatPmp | AddrSource::Pcp
-                )
-            }),
+            port_mapped: unl.addrs.iter().any(|c| c.source.is_mapping()),
         }
     }
 

@@ -365,9 +365,7 @@ impl Node {
                     push(SocketAddr::new(c.addr.ip(), port));
                     push(c.addr);
                 }
-                AddrSource::Upnp | AddrSource::NatPmp | AddrSource::Pcp | AddrSource::Manual => {
-                    push(c.addr);
-                }
+                s if s.is_mapping() => push(c.addr),
                 AddrSource::Lan if unl.nat == NatType::Open => push(c.addr),
                 _ => {}
             }

@@ -72,3 +72,24 @@ pub fn natkit(key: &Path, args: &[&str]) -> Output {
         .output()
         .expect("run natkit")
 }
+
+/// The `key=value` fields of the first stdout line that starts with
+/// `prefix` (the example programs report this way), if there is one.
+pub fn report_fields(stdout: &str, prefix: &str) -> Option<Vec<(String, String)>> {
+    let line = stdout.lines().find_map(|l| l.strip_prefix(prefix))?;
+    Some(
+        line.split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    )
+}
+
+/// The value of `key` among `fields`; panics without it.
+pub fn field<'a>(fields: &'a [(String, String)], key: &str) -> &'a str {
+    fields
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no {key}= in {fields:?}"))
+}

@@ -319,13 +319,6 @@ fn lan_attempts(us: &LocalSituation, peer: &Unl) -> Vec<AttemptKind> {
         .collect()
 }
 
-fn is_mapping(source: AddrSource) -> bool {
-    matches!(
-        source,
-        AddrSource::Upnp | AddrSource::NatPmp | AddrSource::Pcp | AddrSource::Manual
-    )
-}
-
 /// Reachable: says so, or has no NAT and did not say otherwise.
 fn peer_reachable(peer: &Unl) -> bool {
     peer.node == NodeType::Reachable
@@ -350,7 +343,7 @@ fn can_punch(us: &LocalSituation, peer: &Unl) -> bool {
 }
 
 fn internet_attempts(us: &LocalSituation, peer: &Unl) -> Vec<AttemptKind> {
-    let mut out: Vec<AttemptKind> = peer_addrs(peer, is_mapping)
+    let mut out: Vec<AttemptKind> = peer_addrs(peer, AddrSource::is_mapping)
         .into_iter()
         .map(AttemptKind::Mapped)
         .collect();

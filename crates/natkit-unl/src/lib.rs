@@ -192,6 +192,23 @@ impl AddrSource {
         AddrSource::Relay,
     ];
 
+    /// Whether the address is a forwarding on the router: mapped with UPnP,
+    /// NAT-PMP or PCP, or configured by hand. It reaches the node whatever its
+    /// NAT type.
+    ///
+    /// ```
+    /// use natkit_unl::AddrSource;
+    ///
+    /// assert!(AddrSource::Pcp.is_mapping());
+    /// assert!(!AddrSource::Observed.is_mapping());
+    /// ```
+    pub fn is_mapping(self) -> bool {
+        matches!(
+            self,
+            AddrSource::Upnp | AddrSource::NatPmp | AddrSource::Pcp | AddrSource::Manual
+        )
+    }
+
     /// The name used in text and JSON (`lan`, `observed`, `upnp`, `nat-pmp`, `pcp`, `manual`, `relay`).
     pub fn name(self) -> &'static str {
         match self {
