@@ -424,9 +424,29 @@ async fn showtype_report(json: bool, node: &Node) -> anyhow::Result<()> {
     let class = c.class.to_string();
     let nat = crate::cli::unl::nat_name(c.class.nat_type());
     // TCP reachability: register with rendezvous nodes, ask them to dial back.
-    let tcp = match node.register_rendezvous().await {
-        Ok(_) => node.check_reachability().await,
-        Err(_) => None,
+    // Registered with as many rendezvous nodes as there will be (a round may
+    // answer before every node did), then the check: its helpers are those.
+    let deadline = Instant::now() + SHOWTYPE_WAIT;
+    let mut registered = false;
+    loop {
+        match node.register_rendezvous().await {
+            Ok(points) => {
+                registered = true;
+                if points.len() >= natkit_dht::rendezvous::RENDEZVOUS_NODES {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let tcp = if registered {
+        node.check_reachability().await
+    } else {
+        None
     };
     // The TCP reports come from the rendezvous nodes the check connected to.
     let t = node.tcp_classification();

@@ -236,6 +236,7 @@ impl NodeBuilder {
             traversal: super::traverse::Traversal::new(self.limits.clone()),
             mapping: Mutex::new(None),
             reachability: Mutex::new(None),
+            check_lock: tokio::sync::Mutex::new(()),
             tcp_reports: Mutex::new(Vec::new()),
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),

@@ -238,6 +238,8 @@ struct Inner {
     mapping: Mutex<Option<natkit_portmap::gateway::Mapping>>,
     /// Whether a dial-back reached us (`None`: not checked, or nobody to ask).
     reachability: Mutex<Option<bool>>,
+    /// One reachability check at a time.
+    check_lock: tokio::sync::Mutex<()>,
     /// The addresses other nodes saw our TCP connections come from.
     tcp_reports: Mutex<Vec<natkit_traversal::classify::Observation>>,
     cancel: CancellationToken,
@@ -385,6 +387,9 @@ impl Node {
     /// # }
     /// ```
     pub async fn check_reachability(&self) -> Option<bool> {
+        // One check at a time: a helper that holds a connection to us from
+        // another check's probe would not dial back.
+        let _one = self.inner.check_lock.lock().await;
         let helpers = self.helpers().await;
         let found = self.dial_back_check(&helpers).await;
         if let Some(found) = found {
