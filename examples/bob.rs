@@ -10,7 +10,7 @@
 //! He prints
 //!
 //! ```text
-//! connected path=<lan|mapped|direct|reverse|punched> addr=<ip:port> lookup_ms=<ms> connect_ms=<ms> signal_rtt_ms=<ms|-> retried=<bool>
+//! connected path=<lan|mapped|direct|reverse|punched|relayed> addr=<ip:port> lookup_ms=<ms> connect_ms=<ms> signal_rtt_ms=<ms|-> retried=<bool> relay=<id|->
 //! reply <Alice's answer>
 //! first_line_ms=<ms from the connect call to her answer>
 //! ```
@@ -79,13 +79,14 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         let t0 = std::time::Instant::now();
         let (con, path) = bob.connect(alice).await?;
         println!(
-            "connected path={} addr={} lookup_ms={} connect_ms={} signal_rtt_ms={} retried={}",
+            "connected path={} addr={} lookup_ms={} connect_ms={} signal_rtt_ms={} retried={} relay={}",
             path.kind,
             path.addr,
             path.lookup.map_or("-".into(), ms),
             ms(path.elapsed),
             path.signal_rtt.map_or("-".into(), ms),
             path.retried,
+            path.relay.map_or("-".into(), |r| r.to_string()),
         );
         con.send(&line).await?;
         let reply = tokio::time::timeout(Duration::from_secs(10), con.recv())

@@ -44,5 +44,6 @@ pub use natkit_dht as dht;
 pub use natkit_identity as identity;
 pub use natkit_net as net;
 pub use natkit_portmap as portmap;
+pub use natkit_relay as relay;
 pub use natkit_traversal as traversal;
 pub use natkit_unl as unl;

@@ -108,7 +108,7 @@ pub enum Command {
     Dht(dht::DhtCommand),
     /// Run a public node that others join through (--bootstrap): a DHT node
     /// and rendezvous server, until Ctrl-C or SIGTERM.
-    BootstrapNode(node::BindArgs),
+    BootstrapNode(node::BootstrapArgs),
     /// Join through --bootstrap, publish this node's UNL in the DHT, then
     /// print every connection and every line received, until Ctrl-C.
     Run(node::RunArgs),

@@ -53,12 +53,45 @@ pub struct BindArgs {
     pub bind: Option<IpAddr>,
 }
 
+/// Serving as a relay (`bootstrap-node`, `run`).
+#[derive(Debug, Default, Args)]
+pub struct RelayArgs {
+    /// Serve as a relay for nodes that cannot be reached directly (announced
+    /// in the DHT; only for a node reachable from the internet).
+    #[arg(long)]
+    pub relay: bool,
+    /// The relay's TCP port (default: any free port; the DHT announcement
+    /// carries it).
+    #[arg(long, value_name = "PORT", requires = "relay")]
+    pub relay_port: Option<u16>,
+}
+
+impl RelayArgs {
+    fn apply(&self, b: NodeBuilder) -> NodeBuilder {
+        b.relay(self.relay).relay_port(self.relay_port.unwrap_or(0))
+    }
+}
+
+/// `natkit bootstrap-node` arguments.
+#[derive(Debug, Default, Args)]
+pub struct BootstrapArgs {
+    /// Where to bind.
+    #[command(flatten)]
+    pub bind: BindArgs,
+    /// Relaying.
+    #[command(flatten)]
+    pub relay: RelayArgs,
+}
+
 /// `natkit run` arguments.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Where to bind.
     #[command(flatten)]
     pub bind: BindArgs,
+    /// Relaying.
+    #[command(flatten)]
+    pub relay: RelayArgs,
     /// Send every line received back to its sender.
     #[arg(long)]
     pub echo: bool,
@@ -125,24 +158,28 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Runs `natkit bootstrap-node`.
-pub fn bootstrap_node(cli: &Cli, args: &BindArgs) -> anyhow::Result<()> {
+pub fn bootstrap_node(cli: &Cli, args: &BootstrapArgs) -> anyhow::Result<()> {
     if !cli.bootstrap.is_empty() {
         return usage("bootstrap-node is where others join; it takes no --bootstrap");
     }
-    let ip = bind_ip(args)?;
-    let builder = builder(cli, ip)?;
+    let ip = bind_ip(&args.bind)?;
+    let builder = args.relay.apply(builder(cli, ip)?);
     runtime()?.block_on(async {
         let node = builder.build().await.context("cannot start the node")?;
         let addr = SocketAddr::new(ip, node.port());
         let unl = node.unl().emit();
+        let relay = node.relay_addr().map(|a| a.to_string());
         if cli.json {
             println!(
                 "{}",
-                json!({"event": "ready", "id": node.id(), "unl": unl, "addr": addr.to_string()})
+                json!({"event": "ready", "id": node.id(), "unl": unl, "addr": addr.to_string(), "relay": relay})
             );
         } else {
             println!("ready: node id {} on {addr}", node.id());
             println!("unl: {unl}");
+            if let Some(r) = relay {
+                println!("relay: on {r}");
+            }
         }
         let r = super::dht::wait_for_signal().await;
         node.shutdown().await;
@@ -155,7 +192,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     let ip = bind_ip(&args.bind)?;
     let echo = args.echo;
     let bootstrap = bootstrap_nodes(cli)?;
-    let builder = builder(cli, ip)?.bootstrap(&bootstrap);
+    let builder = args.relay.apply(builder(cli, ip)?.bootstrap(&bootstrap));
     runtime()?.block_on(async {
         let node = builder.build().await.context("cannot start the node")?;
         let signal = super::dht::wait_for_signal();
@@ -182,11 +219,18 @@ async fn run_events(json: bool, echo: bool, node: &Node) -> anyhow::Result<()> {
             )
         })?;
     let unl = node.unl().emit();
+    let relay = node.relay_addr().map(|a| a.to_string());
     if json {
-        println!("{}", json!({"event": "ready", "id": node.id(), "unl": unl}));
+        println!(
+            "{}",
+            json!({"event": "ready", "id": node.id(), "unl": unl, "relay": relay})
+        );
     } else {
         println!("ready: node id {}, UNL published in the DHT", node.id());
         println!("unl: {unl}");
+        if let Some(r) = relay {
+            println!("relay: on {r}");
+        }
     }
     while let Some(event) = events.next().await {
         print_event(json, &event);
@@ -213,8 +257,10 @@ fn print_event(json: bool, event: &NetEvent) {
             if json {
                 println!(
                     "{}",
-                    json!({"event": "connected", "id": id, "addr": addr.to_string(), "direction": dir})
+                    json!({"event": "connected", "id": id, "addr": addr.to_string(), "direction": dir, "relay": c.relay()})
                 );
+            } else if let Some(relay) = c.relay() {
+                println!("connected: {id} through relay {relay} at {addr} ({dir})");
             } else {
                 println!("connected: {id} at {addr} ({dir})");
             }

@@ -47,6 +47,9 @@ pub struct NodeBuilder {
     net: NetConfig,
     limits: LimitsConfig,
     port_mapping: bool,
+    relay: bool,
+    relay_port: u16,
+    relay_limits: natkit_relay::RelayLimits,
 }
 
 impl Default for NodeBuilder {
@@ -60,6 +63,9 @@ impl Default for NodeBuilder {
             net: NetConfig::default(),
             limits: LimitsConfig::default(),
             port_mapping: true,
+            relay: false,
+            relay_port: 0,
+            relay_limits: natkit_relay::RelayLimits::default(),
         }
     }
 }
@@ -164,6 +170,44 @@ impl NodeBuilder {
         self
     }
 
+    /// Whether the node serves as a relay for others (default off): it relays on a TCP port
+    /// of its own ([`relay_port`](Self::relay_port)) and announces it in the DHT, so that
+    /// nodes that cannot be reached directly find it and reserve. Only for nodes reachable
+    /// from the internet. See [`Node::relay_addr`] and docs/relay.md.
+    ///
+    /// ```
+    /// let builder = natkit::Node::builder().relay(true).relay_port(4001);
+    /// ```
+    pub fn relay(mut self, on: bool) -> Self {
+        self.relay = on;
+        self
+    }
+
+    /// The relay's TCP port (default 0: any free port; the DHT announcement carries it).
+    ///
+    /// ```
+    /// let builder = natkit::Node::builder().relay(true).relay_port(4001);
+    /// ```
+    pub fn relay_port(mut self, port: u16) -> Self {
+        self.relay_port = port;
+        self
+    }
+
+    /// The relay's limits ([`natkit_relay::RelayLimits`], each a named value with its
+    /// unit), when the node serves as a relay.
+    ///
+    /// ```
+    /// use natkit::relay::RelayLimits;
+    ///
+    /// let builder = natkit::Node::builder()
+    ///     .relay(true)
+    ///     .relay_limits(RelayLimits { max_reservations: 16, ..RelayLimits::default() });
+    /// ```
+    pub fn relay_limits(mut self, limits: natkit_relay::RelayLimits) -> Self {
+        self.relay_limits = limits;
+        self
+    }
+
     /// Binds TCP and UDP, joins the DHT (when bootstrap nodes were given),
     /// makes and signs the UNL and publishes it. A failed publish does not fail
     /// the build: it is logged and retried every
@@ -217,6 +261,26 @@ impl NodeBuilder {
         .map_err(NodeError::Unl)?;
         unl.timestamp = record::unix_secs();
         unl.sign(&key).map_err(NodeError::Unl)?;
+        let relay_client = natkit_relay::RelayClient::bind(key.clone(), self.bind_ip)
+            .await
+            .map_err(|e| NodeError::Relay(Box::new(e)))?;
+        let relay_server = if self.relay {
+            let config = NetConfig {
+                listen: SocketAddr::new(self.bind_ip, self.relay_port),
+                ..NetConfig::default()
+            };
+            let relay_net = Net::bind(key.clone(), config)
+                .await
+                .map_err(|e| NodeError::Relay(Box::new(natkit_relay::RelayError::Net(e))))?;
+            Some(
+                natkit_relay::RelayServer::start(relay_net, self.relay_limits.clone())
+                    .instrument(span.clone())
+                    .await
+                    .map_err(|e| NodeError::Relay(Box::new(e)))?,
+            )
+        } else {
+            None
+        };
         let inner = Arc::new(Inner {
             key,
             net,
@@ -238,6 +302,7 @@ impl NodeBuilder {
             reachability: Mutex::new(None),
             check_lock: tokio::sync::Mutex::new(()),
             tcp_reports: Mutex::new(Vec::new()),
+            relaying: super::relay::Relaying::new(relay_client, relay_server),
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
             span,
@@ -268,6 +333,16 @@ impl NodeBuilder {
                     self.bind_ip,
                     port,
                     node.inner.cancel.clone(),
+                )
+                .instrument(node.inner.span.clone()),
+            );
+        }
+        if let Some(addr) = node.relay_addr() {
+            node.inner.tracker.spawn(
+                super::relay::announce_loop(
+                    Arc::downgrade(&node.inner),
+                    node.inner.cancel.clone(),
+                    addr,
                 )
                 .instrument(node.inner.span.clone()),
             );

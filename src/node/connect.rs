@@ -19,6 +19,7 @@ use natkit_unl::{AddrSource, Unl};
 
 use super::Node;
 use super::record::RecordError;
+use super::relay::{RELAY_CONNECT_TIMEOUT, RELAY_FALLBACK_DELAY};
 use super::traverse::{TraversalError, Traversed};
 
 /// How a connection was made.
@@ -44,6 +45,9 @@ pub enum PathKind {
     Reverse,
     /// A TCP hole punch (simultaneous open), coordinated through rendezvous.
     Punched,
+    /// Through one of the peer's relays ([`Path::relay`] says which), end-to-end
+    /// encrypted; replaced by a direct connection when one is made later.
+    Relayed,
 }
 
 impl fmt::Display for PathKind {
@@ -54,6 +58,7 @@ impl fmt::Display for PathKind {
             PathKind::Direct => "direct",
             PathKind::Reverse => "reverse",
             PathKind::Punched => "punched",
+            PathKind::Relayed => "relayed",
         })
     }
 }
@@ -71,6 +76,7 @@ impl fmt::Display for PathKind {
 ///     signal_rtt: None,
 ///     elapsed: Duration::from_millis(2),
 ///     retried: false,
+///     relay: None,
 /// };
 /// assert_eq!(path.to_string(), "direct 127.0.0.1:50500");
 /// ```
@@ -92,6 +98,9 @@ pub struct Path {
     /// Whether the first plan failed and this is the second, made from a
     /// fresh UNL looked up in the DHT (the peer's addresses had changed).
     pub retried: bool,
+    /// For a relayed connection: the relay's node id (`addr` is the relay's
+    /// address).
+    pub relay: Option<NodeId>,
 }
 
 impl fmt::Display for Path {
@@ -110,6 +119,9 @@ pub enum AttemptError {
     /// A reverse connect or a hole punch failed.
     #[error(transparent)]
     Traversal(#[from] TraversalError),
+    /// A connection through a relay failed.
+    #[error(transparent)]
+    Relay(#[from] super::relay::RelayAttemptError),
 }
 
 /// One attempt that did not connect.
@@ -309,7 +321,34 @@ pub(crate) fn steps(plan: &Plan, bind_ip: IpAddr, peer: &Unl) -> Vec<Step> {
             timeout: attempt.kind.timeout(),
         });
     }
+    out.extend(relay_steps(&out, plan.internet.is_some(), peer));
     out
+}
+
+/// The peer's relays, the last attempts: at once (after any LAN attempt) when nothing over
+/// the internet can work without one, else [`RELAY_FALLBACK_DELAY`] after the direct
+/// attempts started; each next relay a stagger later (at once when the others failed).
+pub(crate) fn relay_steps(before: &[Step], no_direct: bool, peer: &Unl) -> Vec<Step> {
+    let first = if before.is_empty() {
+        Duration::ZERO
+    } else if no_direct {
+        before.iter().map(|s| s.delay).max().unwrap_or_default() + ATTEMPT_STAGGER
+    } else {
+        RELAY_FALLBACK_DELAY
+    };
+    peer.addrs
+        .iter()
+        .filter(|c| c.source == AddrSource::Relay)
+        .zip(0u32..)
+        .map(|(c, i)| Step {
+            kind: PathKind::Relayed,
+            addr: Some(c.addr),
+            via: Vec::new(),
+            fresh_port: false,
+            delay: first + ATTEMPT_STAGGER * 4 * i,
+            timeout: RELAY_CONNECT_TIMEOUT,
+        })
+        .collect()
 }
 
 type Outcome = (Step, Result<(Connection, Option<Duration>), AttemptError>);
@@ -366,6 +405,18 @@ async fn run_step(node: &Node, peer: NodeId, s: Step) -> Outcome {
     let r = match (s.kind, s.addr) {
         (PathKind::Reverse, _) => timed(timeout, node.reverse(peer, s.via.clone())).await,
         (PathKind::Punched, _) => timed(timeout, node.punch(peer, s.via.clone())).await,
+        (PathKind::Relayed, Some(addr)) => {
+            match tokio::time::timeout(timeout, node.relayed(peer, addr)).await {
+                Ok(Ok(c)) => Ok((c, None)),
+                Ok(Err(e)) => Err(e.into()),
+                Err(_) => Err(NetError::Timeout {
+                    what: "connect through the relay",
+                    addr,
+                    secs: timeout.as_secs_f64(),
+                }
+                .into()),
+            }
+        }
         (_, Some(addr)) => {
             let net = node.net();
             let dial = async {

@@ -76,6 +76,7 @@ mod builder;
 mod connect;
 mod portmap;
 mod record;
+mod relay;
 mod target;
 mod traverse;
 
@@ -84,6 +85,11 @@ pub use builder::NodeBuilder;
 
 pub use connect::{AttemptError, AttemptFailure, ConnectError, Path, PathKind};
 pub use record::{RecordError, UNL_SALT, decode_record, unl_record};
+pub use relay::{
+    MAX_RELAYED_ACCEPTS, RELAY_ANNOUNCE_INTERVAL, RELAY_ANNOUNCE_RETRY, RELAY_CONNECT_TIMEOUT,
+    RELAY_FALLBACK_DELAY, RELAY_PROBES, RELAY_RESERVATIONS, RELAY_SEARCH_INTERVAL,
+    RelayAttemptError, RelayInfo,
+};
 pub use target::{MAX_QUOTED_CHARS, Target, TargetError};
 pub use traverse::{
     ANSWER_BURST, ANSWER_REFILL, DIAL_BACK_HELPERS, DIAL_BACK_WAIT, MAX_ANSWER_VIA, MAX_TRAVERSALS,
@@ -184,6 +190,9 @@ pub enum NodeError {
     /// Registering with rendezvous nodes failed (the DHT node stopped).
     #[error("cannot register with rendezvous nodes: {0}")]
     Register(#[source] DhtError),
+    /// The relay client or the relay service could not start.
+    #[error("cannot start the relay: {0}")]
+    Relay(#[source] Box<natkit_relay::RelayError>),
     /// [`Node::wait_reachable`] gave up: published, but no rendezvous node
     /// accepted our registration.
     #[error("published, but no rendezvous node accepted this node within {secs:.1} s")]
@@ -242,6 +251,8 @@ struct Inner {
     check_lock: tokio::sync::Mutex<()>,
     /// The addresses other nodes saw our TCP connections come from.
     tcp_reports: Mutex<Vec<natkit_traversal::classify::Observation>>,
+    /// Our relay service (opt-in), our reservations and relayed circuits.
+    relaying: relay::Relaying,
     cancel: CancellationToken,
     tracker: TaskTracker,
     span: tracing::Span,
@@ -496,6 +507,7 @@ impl Node {
             .published
             .as_ref()
             .is_some_and(|u| u.node == NodeType::Reachable || !u.rendezvous.is_empty())
+            && !self.relay_search_pending()
     }
 
     /// Waits until [`Node::is_reachable_by_id`], publishing now and then;
@@ -600,6 +612,12 @@ impl Node {
         // to reach us through.
         if observed.is_some() && fresh.node != NodeType::Reachable {
             self.register_in_background();
+            self.relay_in_background();
+        }
+        for addr in self.relay_addrs() {
+            fresh
+                .add_addr(AddrSource::Relay, addr)
+                .map_err(NodeError::Unl)?;
         }
         let points = match inner.dht.rendezvous_points().await {
             Ok(p) => p,
@@ -870,12 +888,17 @@ impl Node {
             && let Some(conn) = self.inner.net.connection(&node_id)
         {
             let path = Path {
-                kind: PathKind::Direct,
+                kind: if conn.relay().is_some() {
+                    PathKind::Relayed
+                } else {
+                    PathKind::Direct
+                },
                 addr: conn.remote_addr(),
                 lookup,
                 signal_rtt: None,
                 elapsed: Duration::ZERO,
                 retried: false,
+                relay: conn.relay(),
             };
             return Ok((conn, path));
         }
@@ -933,9 +956,20 @@ impl Node {
     async fn try_plan(&self, unl: &Unl) -> Result<(Connection, Path), Failed> {
         let node_id = unl.node_id;
         let started = Instant::now();
-        let plan = plan::plan(&self.situation(), unl, started)
-            .map_err(|source| Failed::Fatal(ConnectError::NoPath { node_id, source }))?;
-        let steps = connect::steps(&plan, self.inner.bind_ip, unl);
+        let (steps, internet) = match plan::plan(&self.situation(), unl, started) {
+            Ok(plan) => (
+                connect::steps(&plan, self.inner.bind_ip, unl),
+                plan.internet,
+            ),
+            // No direct attempt at all: the peer's relays, if it has any.
+            Err(source) => {
+                let relays = connect::relay_steps(&[], true, unl);
+                if relays.is_empty() || source == plan::NoPath::SelfConnect {
+                    return Err(Failed::Fatal(ConnectError::NoPath { node_id, source }));
+                }
+                (relays, Some(source))
+            }
+        };
         if self.inner.net.is_shut_down() {
             return Err(Failed::Fatal(ConnectError::Shutdown));
         }
@@ -948,6 +982,7 @@ impl Node {
                     signal_rtt,
                     elapsed: started.elapsed(),
                     retried: false,
+                    relay: conn.relay(),
                 };
                 Ok((conn, path))
             }
@@ -955,10 +990,7 @@ impl Node {
                 if self.inner.net.is_shut_down() {
                     return Err(Failed::Fatal(ConnectError::Shutdown));
                 }
-                Err(Failed::All {
-                    failures,
-                    internet: plan.internet,
-                })
+                Err(Failed::All { failures, internet })
             }
         }
     }
@@ -1042,6 +1074,7 @@ impl Node {
         inner.tracker.close();
         inner.tracker.wait().await;
         inner.net.shutdown().await;
+        inner.relaying.shutdown().await;
         inner.dht.shutdown().await;
     }
 

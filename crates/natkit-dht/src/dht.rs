@@ -626,6 +626,17 @@ impl Dht {
         rx.await.map_err(|_| DhtError::Shutdown)
     }
 
+    /// Stores `peer` for `info_hash` in this node's own store (no lookup, nothing sent), so
+    /// that `get_peers` queries reaching this node return it; it expires like any announced
+    /// peer, so call it again at least every half hour. For a service on this node that
+    /// others look for through the nodes they know (a relay, see
+    /// [`crate::rendezvous::relay_info_hash`]).
+    pub async fn announce_here(&self, info_hash: Id, peer: SocketAddr) -> Result<(), DhtError> {
+        self.stored(Request::AnnounceHere(info_hash, peer))
+            .await
+            .map(|_| ())
+    }
+
     /// Announces this node on [`crate::rendezvous::service_info_hash`] as willing to serve as
     /// a rendezvous node, so nodes find it in a DHT shared with other implementations. Only
     /// for nodes reachable from the internet; peers forget it after 30 minutes.

@@ -206,6 +206,14 @@ pub fn service_info_hash() -> Id {
     Id(h.finalize().into())
 }
 
+/// The info-hash natkit relays announce themselves on (`announce_peer` with their relay
+/// port), so that nodes that need one find relays without configuration.
+pub fn relay_info_hash() -> Id {
+    let mut h = Sha1::new();
+    h.update(b"natkit-relay-service/1");
+    Id(h.finalize().into())
+}
+
 /// Why a rendezvous query was refused or could not be read.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RendezvousError {

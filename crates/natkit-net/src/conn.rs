@@ -89,6 +89,8 @@ pub(crate) struct ConnShared {
     pub(crate) direction: Direction,
     pub(crate) handshake_hash: [u8; 32],
     pub(crate) plaintext: bool,
+    /// The relay the connection runs through (its bytes are spliced by that node), if any.
+    pub(crate) relay: Option<NodeId>,
     since: SystemTime,
     started: Instant,
     limits: Arc<Limits>,
@@ -184,6 +186,22 @@ impl Connection {
     /// Whether lines travel without encryption (opt-in debugging mode).
     pub fn is_plaintext(&self) -> bool {
         self.0.plaintext
+    }
+
+    /// The relay this connection runs through ([`Net::connect_over`](crate::Net::connect_over),
+    /// [`Net::accept_over`](crate::Net::accept_over)), `None` for a direct connection. A
+    /// relayed connection is end-to-end encrypted and authenticated like any other: the relay
+    /// forwards ciphertext. [`remote_addr`](Connection::remote_addr) is then the relay's
+    /// address.
+    pub fn relay(&self) -> Option<NodeId> {
+        self.0.relay
+    }
+
+    /// Closes the connection gracefully (like [`close`](Connection::close)) with `reason`
+    /// as its [close reason](Connection::close_reason), when it has none yet: for a layer
+    /// above that knows why the path is going away (a relay that announced a cut).
+    pub fn close_because(&self, reason: CloseReason) {
+        self.0.begin_close(reason);
     }
 
     /// Counters.
@@ -353,6 +371,7 @@ impl ConnShared {
         direction: Direction,
         handshake_hash: [u8; 32],
         plaintext: bool,
+        relay: Option<NodeId>,
         limits: Arc<Limits>,
         hub: Weak<Hub>,
     ) -> Arc<Self> {
@@ -364,6 +383,7 @@ impl ConnShared {
             direction,
             handshake_hash,
             plaintext,
+            relay,
             since: SystemTime::now(),
             started: Instant::now(),
             limits,
@@ -557,8 +577,17 @@ async fn read_loop(conn: &Arc<ConnShared>, rd: OwnedReadHalf, transport: &Statel
         buf.reserve(READ_CHUNK);
         match rd.try_read_buf(&mut buf) {
             Ok(0) => {
-                // EOF: the peer closed its side. Anything queued still goes out.
-                conn.begin_close(CloseReason::PeerGone);
+                // EOF: the peer closed its side (without a close frame). Anything queued
+                // still goes out. Through a relay, it is the relay that closed the stream.
+                conn.begin_close(match conn.relay {
+                    Some(relay) => CloseReason::PathLost {
+                        detail: format!(
+                            "relay {} closed the circuit (or the peer went away)",
+                            relay.short()
+                        ),
+                    },
+                    None => CloseReason::PeerGone,
+                });
                 return;
             }
             Ok(_) => {}

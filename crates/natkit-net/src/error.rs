@@ -121,6 +121,12 @@ pub enum CloseReason {
         /// The error.
         detail: String,
     },
+    /// The path under the connection went away, and the layer that knows why said so (a
+    /// relay cut the circuit at one of its limits, or the relay itself went away).
+    PathLost {
+        /// Why.
+        detail: String,
+    },
 }
 
 impl std::fmt::Display for CloseReason {
@@ -139,6 +145,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::DeadPeer => write!(f, "the peer stopped answering keepalives"),
             CloseReason::Duplicate => write!(f, "duplicate connection to the same node"),
             CloseReason::Protocol { detail } => write!(f, "protocol error: {detail}"),
+            CloseReason::PathLost { detail } => write!(f, "path lost: {detail}"),
             CloseReason::Io { detail } => write!(f, "socket error: {detail}"),
         }
     }
@@ -155,9 +162,10 @@ impl CloseReason {
             CloseReason::Duplicate => CloseCode::Duplicate,
             CloseReason::DeadPeer => CloseCode::DeadPeer,
             CloseReason::Protocol { .. } => CloseCode::Protocol,
-            CloseReason::Remote { .. } | CloseReason::PeerGone | CloseReason::Io { .. } => {
-                CloseCode::Normal
-            }
+            CloseReason::Remote { .. }
+            | CloseReason::PeerGone
+            | CloseReason::Io { .. }
+            | CloseReason::PathLost { .. } => CloseCode::Normal,
         };
         (code, self.to_string())
     }

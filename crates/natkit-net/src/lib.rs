@@ -63,4 +63,4 @@ pub use error::{CloseReason, NetError, SendError};
 pub use frame::CloseCode;
 pub use handshake::Role;
 pub use hub::NetEvent;
-pub use net::{MAX_EXPECTED_INBOUND, Net, NetStats};
+pub use net::{MAX_EXPECTED_INBOUND, MAX_PREFACE_BYTES, Net, NetStats};

@@ -54,7 +54,19 @@ struct Inner {
     shutdown: CancellationToken,
     handshake_permits: Arc<Semaphore>,
     stopped: AtomicBool,
+    /// Streams that start with a magic other than a natkit handshake, and where they go
+    /// ([`Net::take_prefaced`]).
+    prefaced: Mutex<Option<Prefaced>>,
 }
+
+/// A listener's second protocol: inbound streams whose first bytes are `magic`.
+struct Prefaced {
+    magic: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<(TcpStream, SocketAddr)>,
+}
+
+/// Longest magic [`Net::take_prefaced`] takes.
+pub const MAX_PREFACE_BYTES: usize = 16;
 
 #[derive(Default)]
 struct Registry {
@@ -131,6 +143,7 @@ impl Net {
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             stopped: AtomicBool::new(false),
+            prefaced: Mutex::new(None),
             config,
         });
         let span =
@@ -176,6 +189,20 @@ impl Net {
         .await
     }
 
+    /// Connects to `addr` and accepts whatever node answers there (its key is authenticated,
+    /// and [`Connection::node_id`] says which it is): for services found by address alone,
+    /// such as relays announced in the DHT, where any node will do. If a connection to that
+    /// node exists already, it is returned and the new one closed as a duplicate.
+    pub async fn connect_any(&self, addr: SocketAddr) -> Result<Connection, NetError> {
+        self.dial(
+            addr,
+            None,
+            Role::Initiator,
+            socket::DialFrom::ListenPortOrFresh,
+        )
+        .await
+    }
+
     /// Like [`connect`](Net::connect), from a fresh port rather than the listen port: for a
     /// dial that runs beside a hole punch toward the same address, whose 4-tuple (listen port
     /// to listen port) it must leave free.
@@ -206,18 +233,21 @@ impl Net {
     async fn dial(
         &self,
         addr: SocketAddr,
-        expected: NodeId,
+        expected: impl Into<Option<NodeId>>,
         role: Role,
         from: socket::DialFrom,
     ) -> Result<Connection, NetError> {
+        let expected: Option<NodeId> = expected.into();
         let inner = &self.inner;
-        if expected == self.node_id() {
-            return Err(NetError::SelfConnect(expected));
+        if expected == Some(self.node_id()) {
+            return Err(NetError::SelfConnect(self.node_id()));
         }
         if inner.stopped.load(Ordering::Acquire) {
             return Err(NetError::Shutdown);
         }
-        if let Some(c) = self.connection(&expected) {
+        if let Some(c) = expected.and_then(|e| self.connection(&e))
+            && c.relay().is_none()
+        {
             return Ok(c);
         }
         let _slot = {
@@ -234,7 +264,7 @@ impl Net {
                 inbound: false,
             }
         };
-        let span = tracing::info_span!("dial", peer = %expected.short(), %addr);
+        let span = tracing::info_span!("dial", peer = ?expected.map(|e| e.short()), %addr);
         async {
             let local = inner.local_addr;
             let (mut stream, fresh_port) =
@@ -264,7 +294,7 @@ impl Net {
             let opts = HandshakeOptions {
                 local: &inner.local,
                 role,
-                expected: Some(expected),
+                expected,
                 peer_addr: addr,
                 want_plaintext: inner.config.plaintext,
                 allow_plaintext: inner.config.allow_plaintext || inner.config.plaintext,
@@ -280,10 +310,137 @@ impl Net {
                     secs: inner.config.handshake_timeout.as_secs_f64(),
                 })?
                 .map_err(|source| NetError::Handshake { addr, source })?;
-            register(inner, stream, est, Direction::Outbound)
+            register(inner, stream, est, Direction::Outbound, None)
         }
         .instrument(span)
         .await
+    }
+
+    /// Runs a connection to `expected` over `stream`, a byte stream that a relay (the node
+    /// `relay`) splices to the peer: the handshake runs end to end through it, in `role`
+    /// (the side that asked the relay for the circuit is the initiator), and must prove
+    /// `expected`'s key (as the responder, `None` accepts any key, which the caller checks).
+    /// The relay sees only ciphertext and cannot impersonate either side.
+    ///
+    /// A relayed connection counts against the inbound or outbound limit by `role`; it is
+    /// the node's one connection unless a direct one exists. Of a direct and a relayed
+    /// connection to one node, both ends keep the direct one (the relayed one is closed as a
+    /// [duplicate](CloseReason::Duplicate), its lines still delivered), so a direct path
+    /// found later replaces the relayed one; [`connect`](Net::connect) dials even when a
+    /// relayed connection exists.
+    pub async fn connect_over(
+        &self,
+        mut stream: TcpStream,
+        expected: Option<NodeId>,
+        role: Role,
+        relay: NodeId,
+    ) -> Result<Connection, NetError> {
+        let inner = &self.inner;
+        if expected == Some(self.node_id()) {
+            return Err(NetError::SelfConnect(self.node_id()));
+        }
+        if inner.stopped.load(Ordering::Acquire) {
+            return Err(NetError::Shutdown);
+        }
+        let addr = stream.peer_addr().map_err(|source| NetError::Connect {
+            addr: inner.local_addr,
+            source,
+        })?;
+        let inbound = role == Role::Responder;
+        let _slot = {
+            let mut r = inner.registry();
+            let (live, pending, limit, which) = if inbound {
+                (
+                    r.inbound,
+                    r.pending_inbound,
+                    inner.config.max_inbound,
+                    "inbound",
+                )
+            } else {
+                (
+                    r.outbound,
+                    r.pending_outbound,
+                    inner.config.max_outbound,
+                    "outbound",
+                )
+            };
+            if live + pending >= limit {
+                return Err(NetError::Limit { which, limit });
+            }
+            if inbound {
+                r.pending_inbound += 1;
+            } else {
+                r.pending_outbound += 1;
+            }
+            PendingGuard {
+                inner: inner.clone(),
+                inbound,
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let span = tracing::info_span!("relayed", peer = ?expected.map(|e| e.short()), relay = %relay.short(), %addr);
+        async {
+            let opts = HandshakeOptions {
+                local: &inner.local,
+                role,
+                expected,
+                peer_addr: addr,
+                want_plaintext: false,
+                allow_plaintext: false,
+            };
+            let est = tokio::select! {
+                r = tokio::time::timeout(inner.config.handshake_timeout, handshake::run(&mut stream, opts)) => r,
+                () = inner.shutdown.cancelled() => return Err(NetError::Shutdown),
+            };
+            let est = est
+                .map_err(|_| NetError::Timeout {
+                    what: "handshake through the relay",
+                    addr,
+                    secs: inner.config.handshake_timeout.as_secs_f64(),
+                })?
+                .map_err(|source| NetError::Handshake { addr, source })?;
+            let direction = if inbound {
+                Direction::Inbound
+            } else {
+                Direction::Outbound
+            };
+            register(inner, stream, est, direction, Some(relay))
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Hands inbound streams whose first bytes are `magic` to the returned receiver, instead
+    /// of running a natkit handshake on them: a second protocol on the listen port (natkit's
+    /// relay takes its circuits this way). A natkit handshake starts with a 2-byte length
+    /// below 256, so a magic whose first byte is not 0 never takes one. Streams wait for
+    /// their first bytes within the handshake timeout and in the handshake slots; when the
+    /// receiver is full or gone, the stream is dropped. Once per Net; the magic is 1 to
+    /// [`MAX_PREFACE_BYTES`] bytes, and its bytes are left in the stream.
+    pub fn take_prefaced(
+        &self,
+        magic: &[u8],
+        queue: usize,
+    ) -> Result<tokio::sync::mpsc::Receiver<(TcpStream, SocketAddr)>, NetError> {
+        if magic.is_empty() || magic.len() > MAX_PREFACE_BYTES || magic[0] == 0 {
+            return Err(NetError::Config(
+                "a preface magic is 1 to 16 bytes and does not start with 0",
+            ));
+        }
+        let mut p = self
+            .inner
+            .prefaced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if p.is_some() {
+            return Err(NetError::Config("take_prefaced was called already"));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(queue.max(1));
+        *p = Some(Prefaced {
+            magic: magic.to_vec(),
+            tx,
+        });
+        Ok(rx)
     }
 
     /// Announces that a connection from `from` is expected within `ttl`: a hole punch, where
@@ -440,6 +597,38 @@ impl Inner {
     fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn has_preface(&self) -> bool {
+        self.prefaced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// Waits for the stream's first bytes: the preface's sender if they are its magic, `None`
+    /// if they cannot be (a natkit handshake, or anything else).
+    async fn preface_of(
+        &self,
+        stream: &TcpStream,
+    ) -> Option<tokio::sync::mpsc::Sender<(TcpStream, SocketAddr)>> {
+        let (magic, tx) = {
+            let p = self.prefaced.lock().unwrap_or_else(|e| e.into_inner());
+            let p = p.as_ref()?;
+            (p.magic.clone(), p.tx.clone())
+        };
+        let mut buf = [0u8; MAX_PREFACE_BYTES];
+        loop {
+            let n = stream.peek(&mut buf[..magic.len()]).await.ok()?;
+            if n == 0 || buf[..n] != magic[..n] {
+                return None;
+            }
+            if n == magic.len() {
+                return Some(tx);
+            }
+            // Part of the magic so far: wait for more.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
 }
 
 impl Drop for Inner {
@@ -473,14 +662,16 @@ impl Drop for PendingGuard {
 }
 
 /// Adds an authenticated connection, resolving duplicates: of two connections
-/// to the same node, both sides keep the one with the smaller handshake hash
-/// (the same on both ends), so they agree without talking. The other one is
+/// to the same node, both sides keep a direct one over a relayed one, and else
+/// the one with the smaller handshake hash (both the same on both ends), so
+/// they agree without talking. The other one is
 /// closed gracefully, and the lines it carried are still delivered.
 fn register(
     inner: &Arc<Inner>,
     stream: TcpStream,
     est: handshake::Established,
     direction: Direction,
+    relay: Option<NodeId>,
 ) -> Result<Connection, NetError> {
     let remote_addr = stream.peer_addr().map_err(|source| NetError::Connect {
         addr: inner.local_addr,
@@ -495,6 +686,7 @@ fn register(
         direction,
         est.handshake_hash,
         est.plaintext,
+        relay,
         inner.limits.clone(),
         Arc::downgrade(&inner.hub),
     );
@@ -508,7 +700,10 @@ fn register(
         }
         match r.by_id.get(&est.peer) {
             Some(existing) if !existing.is_closed() => {
-                if est.handshake_hash < existing.0.handshake_hash {
+                // Direct beats relayed; between two of a kind, the smaller hash.
+                let ours = (relay.is_some(), est.handshake_hash);
+                let theirs = (existing.0.relay.is_some(), existing.0.handshake_hash);
+                if ours < theirs {
                     loser = Some(existing.clone());
                     r.by_id.insert(est.peer, conn.clone());
                     winner = conn.clone();
@@ -617,6 +812,25 @@ async fn accept_loop(
             async move {
                 let _permit = permit;
                 let _guard = guard;
+                if expected.is_none() && inner2.has_preface() {
+                    let peeked = tokio::select! {
+                        r = tokio::time::timeout(inner2.config.handshake_timeout, inner2.preface_of(&stream)) => r,
+                        () = inner2.shutdown.cancelled() => return,
+                    };
+                    match peeked {
+                        Ok(Some(tx)) => {
+                            if tx.try_send((stream, peer)).is_err() {
+                                tracing::info!("prefaced stream dropped: its receiver is full or gone");
+                            }
+                            return;
+                        }
+                        Ok(None) => {}
+                        Err(_) => {
+                            tracing::info!("no first bytes within the handshake timeout; dropping the peer");
+                            return;
+                        }
+                    }
+                }
                 if let Some(e) = &expected {
                     tracing::debug!(node = %e.node.short(), role = ?e.role, "expected inbound connection (hole punch)");
                 }
@@ -634,7 +848,7 @@ async fn accept_loop(
                 };
                 match res {
                     Ok(Ok(est)) => {
-                        if let Err(e) = register(&inner2, stream, est, Direction::Inbound) {
+                        if let Err(e) = register(&inner2, stream, est, Direction::Inbound, None) {
                             tracing::debug!(error = %e, "inbound connection not registered");
                         }
                     }

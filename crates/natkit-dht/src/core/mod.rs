@@ -384,6 +384,17 @@ impl Core {
         }
         match req {
             Request::Register => self.rv_register_start(op, now),
+            Request::AnnounceHere(target, peer) => {
+                self.server.storage_mut().announce(target, peer, now);
+                self.events.push_back((
+                    op,
+                    Outcome::Stored {
+                        target,
+                        accepted: 1,
+                        errors: Vec::new(),
+                    },
+                ));
+            }
             Request::SendMessage {
                 to,
                 payload,
@@ -464,7 +475,7 @@ impl Core {
                     vec![],
                 )
             }
-            Request::Register | Request::SendMessage { .. } => {
+            Request::Register | Request::SendMessage { .. } | Request::AnnounceHere(..) => {
                 // Started by `start` itself, never launched as a lookup.
                 self.events.push_back((op, Outcome::Busy));
                 return;

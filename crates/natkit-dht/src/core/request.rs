@@ -18,6 +18,9 @@ pub enum Request {
     GetPeers(Id),
     /// Announce ourselves as a peer for an info-hash (`None`: the UDP source port).
     Announce(Id, Option<u16>),
+    /// Store a peer for an info-hash in our own store only (no lookup), so that `get_peers`
+    /// queries reaching us return it: a service announcing itself where it is looked up.
+    AnnounceHere(Id, std::net::SocketAddr),
     /// A BEP 44 immutable item.
     GetImmutable(Id),
     /// A BEP 44 mutable item.

@@ -118,6 +118,7 @@ pub(super) fn describe(req: &Request, own_id: Id) -> (&'static str, Option<Id>) 
         Request::PutImmutable(v) => ("put immutable", Some(bep44::immutable_target(v))),
         Request::PutMutable(item, _) => ("put mutable", Some(item.target())),
         Request::Register => ("register", None),
+        Request::AnnounceHere(..) => ("announce here", None),
         Request::SendMessage { to, .. } => ("message", Some(crate::rendezvous::target(to))),
     }
 }
