@@ -8,10 +8,13 @@
 //! She joins the DHT through `--bootstrap`, publishes her UNL (with rendezvous
 //! points, so that she can be reached behind a NAT) and prints
 //! `ready id=<node id> unl=<UNL>`. Then, for every line from any peer, she
-//! prints `line from=<id> text=<line>` and answers `alice got: <line>`.
+//! prints `line from=<id> text=<line>` and answers `alice got: <line>` (on the
+//! peer's current connection), and for every new connection
+//! `connected from=<id> path=<relayed|direct>`.
 //! She runs until killed, or until `--lines N` lines have come and been
 //! answered. With `--wait-mapped`, `ready` waits (up to 20 s) until her UNL
-//! in the DHT also lists the port mapping her node made on the router. `--seed N` makes the key from a small number (the 32-byte seed
+//! in the DHT also lists the port mapping her node made on the router; with
+//! `--wait-relays N`, until it lists N relays she holds reservations with. `--seed N` makes the key from a small number (the 32-byte seed
 //! `N` as u64 little-endian, zero-padded), so that a script knows her node id
 //! in advance; without it the key is random.
 
@@ -44,6 +47,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut key = None;
     let mut lines: Option<usize> = None;
     let mut wait_mapped = false;
+    let mut wait_relays = 0usize;
     let mut args = std::env::args().skip(1);
     while let Some(opt) = args.next() {
         if opt == "--wait-mapped" {
@@ -56,6 +60,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--port" => port = val.parse()?,
             "--seed" => key = Some(keypair(val.parse()?)),
             "--lines" => lines = Some(val.parse()?),
+            "--wait-relays" => wait_relays = val.parse()?,
             other => return Err(format!("unknown option {other}").into()),
         }
     }
@@ -79,17 +84,56 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    if wait_relays > 0 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !alice.published_unl().is_some_and(|u| {
+            u.addrs
+                .iter()
+                .filter(|c| c.source == natkit::unl::AddrSource::Relay)
+                .count()
+                >= wait_relays
+        }) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(
+                    format!("fewer than {wait_relays} relays in the UNL after 20 s").into(),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     println!("ready id={} unl={}", alice.id(), alice.unl().emit());
 
     let mut answered = 0;
     while let Some(event) = events.next().await {
-        if let NetEvent::Line(con, line) = event {
-            println!("line from={} text={line}", con.node_id());
-            con.send(&format!("alice got: {line}")).await?;
-            answered += 1;
-            if lines.is_some_and(|n| answered >= n) {
-                break;
+        match event {
+            NetEvent::Connected(con) => println!(
+                "connected from={} path={}",
+                con.node_id(),
+                if con.relay().is_some() {
+                    "relayed"
+                } else {
+                    "direct"
+                }
+            ),
+            NetEvent::Line(con, line) => {
+                println!("line from={} text={line}", con.node_id());
+                let answer = format!("alice got: {line}");
+                // A relayed connection replaced by a direct one refuses new lines: answer
+                // on the peer's current connection.
+                let sent = con.send(&answer).await.is_ok()
+                    || match alice.net().connection(&con.node_id()) {
+                        Some(now) => now.send(&answer).await.is_ok(),
+                        None => false,
+                    };
+                if !sent {
+                    println!("unanswered text={line}");
+                }
+                answered += 1;
+                if lines.is_some_and(|n| answered >= n) {
+                    break;
+                }
             }
+            NetEvent::Disconnected { .. } => {}
         }
     }
     // Shutdown closes each connection gracefully: queued lines go out first.

@@ -18,12 +18,25 @@
 //! and exits 0; if no connection can be made, one line `error: ...` on stderr
 //! and exit 1. With `--wait-mapped` he first waits (up to 20 s) for his node's
 //! port mapping on his router.
+//!
+//! With `--count N` (and `--interval-ms M`, default 100) he sends `line 1` to
+//! `line N` instead, one every M ms, each on the connection to Alice that is
+//! current (a direct connection that replaced a relayed one, or a new one when
+//! the old was lost), and collects her answers (`reply <answer>`). He prints `switched path=..`
+//! when a new connection to her appears, `lost reason=..` when one ends,
+//! `connected path=..` when he had to connect again, and at the end
+//! `answered=<distinct answers> duplicates=<answers seen twice> missing=<k,..>`;
+//! he exits 0 if every line was answered.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures::StreamExt;
 use natkit::Node;
 use natkit::identity::NodeId;
+use natkit::net::{Connection, NetEvent};
+use natkit::node::Path;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -43,6 +56,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut to: Option<NodeId> = None;
     let mut line = "hello from bob".to_string();
     let mut wait_mapped = false;
+    let mut count = 0u64;
+    let mut interval = Duration::from_millis(100);
     let mut args = std::env::args().skip(1);
     while let Some(opt) = args.next() {
         if opt == "--wait-mapped" {
@@ -55,6 +70,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--port" => port = val.parse()?,
             "--to" => to = Some(NodeId::parse_any(&val)?),
             "--line" => line = val,
+            "--count" => count = val.parse()?,
+            "--interval-ms" => interval = Duration::from_millis(val.parse()?),
             other => return Err(format!("unknown option {other}").into()),
         }
     }
@@ -75,19 +92,15 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    if count > 0 {
+        let r = counted(&bob, alice, count, interval).await;
+        bob.shutdown().await;
+        return r;
+    }
     let result = async {
         let t0 = std::time::Instant::now();
         let (con, path) = bob.connect(alice).await?;
-        println!(
-            "connected path={} addr={} lookup_ms={} connect_ms={} signal_rtt_ms={} retried={} relay={}",
-            path.kind,
-            path.addr,
-            path.lookup.map_or("-".into(), ms),
-            ms(path.elapsed),
-            path.signal_rtt.map_or("-".into(), ms),
-            path.retried,
-            path.relay.map_or("-".into(), |r| r.to_string()),
-        );
+        print_connected(&path);
         con.send(&line).await?;
         let reply = tokio::time::timeout(Duration::from_secs(10), con.recv())
             .await
@@ -100,4 +113,103 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     .await;
     bob.shutdown().await;
     result
+}
+
+fn print_connected(path: &Path) {
+    println!(
+        "connected path={} addr={} lookup_ms={} connect_ms={} signal_rtt_ms={} retried={} relay={}",
+        path.kind,
+        path.addr,
+        path.lookup.map_or("-".into(), ms),
+        ms(path.elapsed),
+        path.signal_rtt.map_or("-".into(), ms),
+        path.retried,
+        path.relay.map_or("-".into(), |r| r.to_string()),
+    );
+}
+
+fn kind(c: &Connection) -> &'static str {
+    if c.relay().is_some() {
+        "relayed"
+    } else {
+        "direct"
+    }
+}
+
+/// `--count`: numbered lines on whatever connection to alice is current, her answers
+/// counted.
+async fn counted(
+    bob: &Node,
+    alice: NodeId,
+    count: u64,
+    interval: Duration,
+) -> Result<(), Box<dyn std::error::Error>> {
+    // Before the first connect: every answer comes as an event.
+    let mut events = std::pin::pin!(bob.events());
+    let (_, path) = bob.connect(alice).await?;
+    print_connected(&path);
+    let mut answers: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut next = 1u64;
+    let mut tick = tokio::time::interval(interval);
+    let deadline = tokio::time::Instant::now() + interval * count as u32 + Duration::from_secs(30);
+    while (answers.len() as u64) < count {
+        tokio::select! {
+            _ = tick.tick(), if next <= count => {
+                let con = match bob.net().connection(&alice) {
+                    Some(c) => c,
+                    None => match bob.connect(alice).await {
+                        Ok((c, path)) => {
+                            print_connected(&path);
+                            c
+                        }
+                        Err(e) => {
+                            println!("reconnect failed error={e}");
+                            continue;
+                        }
+                    },
+                };
+                // A connection being replaced refuses new lines: the next tick takes the
+                // current one. A line refused is not sent, so it is sent again, once.
+                if con.send_line(&format!("line {next}")).is_ok() {
+                    next += 1;
+                }
+            }
+            ev = events.next() => match ev {
+                Some(NetEvent::Line(c, l)) if c.node_id() == alice => {
+                    println!("reply {l}");
+                    if let Some(k) = l.strip_prefix("alice got: line ").and_then(|k| k.parse().ok()) {
+                        *answers.entry(k).or_insert(0) += 1;
+                    }
+                }
+                Some(NetEvent::Connected(c)) if c.node_id() == alice => {
+                    println!("switched path={} addr={}", kind(&c), c.remote_addr())
+                }
+                Some(NetEvent::Disconnected { conn, reason }) if conn.node_id() == alice => {
+                    println!("lost path={} addr={} reason={reason}", kind(&conn), conn.remote_addr())
+                }
+                Some(_) => {}
+                None => break,
+            },
+            () = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    let duplicates = answers.values().filter(|n| **n > 1).count();
+    let missing: Vec<String> = (1..=count)
+        .filter(|k| !answers.contains_key(k))
+        .map(|k| k.to_string())
+        .collect();
+    println!(
+        "answered={} duplicates={duplicates} missing={}",
+        answers.len(),
+        if missing.is_empty() {
+            "-".to_string()
+        } else {
+            missing.join(",")
+        }
+    );
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} lines unanswered", missing.len()).into())
+    }
 }

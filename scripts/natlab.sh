@@ -43,6 +43,8 @@ usage: natlab.sh [--name NAME] up <natA-type> <natB-type> [--delay MS] [--upnp n
        natlab.sh [--name NAME] exec <host> -- cmd...   run a command inside a lab host
        natlab.sh [--name NAME] miniupnpd-restart <natA|natB>   stop miniupnpd (TERM), drop its
                                            lease file and start it again (a gateway reboot)
+       natlab.sh [--name NAME] miniupnpd-stop <natA|natB>      stop miniupnpd and drop its
+                                           forwardings (miniupnpd-restart starts it again)
 types: open | cone | symmetric | firewall
 hosts: internet rendezvous public2 natA alice carol natB bob cgnat home dave
 NAME: 1-20 of [A-Za-z0-9_] (default nk); namespaces are NAME-<host>; state in /run/natkit-lab/NAME
@@ -288,8 +290,8 @@ CONF
   fi
 }
 
-restart_miniupnpd() { # router: stop it like a reboot (mappings and lease file gone), start it again
-  local r="$1" dir="$STATE_ROOT/$NAME" pid i client gw
+stop_miniupnpd() { # router: stop it like a power-off (mappings and lease file gone)
+  local r="$1" dir="$STATE_ROOT/$NAME" pid i
   [[ -f "$dir/miniupnpd-$r.conf" ]] || die "no miniupnpd in $r of lab $NAME"
   pid="$(cat "$dir/miniupnpd-$r.pid" 2>/dev/null || true)"
   if [[ -n "$pid" ]] && running "$pid"; then
@@ -298,9 +300,14 @@ restart_miniupnpd() { # router: stop it like a reboot (mappings and lease file g
     kill -KILL "$pid" 2>/dev/null || true
   fi
   rm -f "$dir/miniupnpd-$r.leases" "$dir/miniupnpd-$r.pid"
-  # A rebooted router has lost its forwardings: empty miniupnpd's chains and the conntrack table.
+  # Its forwardings are gone with it: empty miniupnpd's chains and the conntrack table.
   for i in miniupnpd prerouting_miniupnpd postrouting_miniupnpd; do nsx "$r" nft flush chain inet filter "$i"; done
   nsx "$r" conntrack -F >/dev/null 2>&1 || true
+}
+
+restart_miniupnpd() { # router: stop it like a reboot (mappings and lease file gone), start it again
+  local r="$1" dir="$STATE_ROOT/$NAME" client gw
+  stop_miniupnpd "$r"
   case "$r" in natA) client=alice ;; *) client=bob ;; esac
   gw="$(ip -n "$(ns "$r")" -4 -o addr show dev lan0 | awk '{print $4}' | cut -d/ -f1 | head -n1)"
   bg_in "$r" "$dir/miniupnpd-$r.log" miniupnpd -d -f "$dir/miniupnpd-$r.conf" -P "$dir/miniupnpd-$r.pid"
@@ -537,6 +544,11 @@ main() {
       [[ ${#pos[@]} -eq 2 && "${pos[1]}" =~ ^(natA|natB)$ ]] || usage_err "miniupnpd-restart needs natA or natB"
       [[ "$(id -u)" == 0 ]] || die "must run as root"
       restart_miniupnpd "${pos[1]}"
+      ;;
+    miniupnpd-stop)
+      [[ ${#pos[@]} -eq 2 && "${pos[1]}" =~ ^(natA|natB)$ ]] || usage_err "miniupnpd-stop needs natA or natB"
+      [[ "$(id -u)" == 0 ]] || die "must run as root"
+      stop_miniupnpd "${pos[1]}"
       ;;
     *) usage_err "unknown command '$cmd'" ;;
   esac

@@ -84,11 +84,12 @@ pub use blocking::BlockingNode;
 pub use builder::NodeBuilder;
 
 pub use connect::{AttemptError, AttemptFailure, ConnectError, Path, PathKind};
+pub use portmap::PORTMAP_RETRY;
 pub use record::{RecordError, UNL_SALT, decode_record, unl_record};
 pub use relay::{
     MAX_RELAYED_ACCEPTS, RELAY_ANNOUNCE_INTERVAL, RELAY_ANNOUNCE_RETRY, RELAY_CONNECT_TIMEOUT,
     RELAY_FALLBACK_DELAY, RELAY_PROBES, RELAY_RESERVATIONS, RELAY_SEARCH_INTERVAL,
-    RelayAttemptError, RelayInfo,
+    RelayAttemptError, RelayInfo, UPGRADE_INTERVAL, UPGRADE_MAX_INTERVAL,
 };
 pub use target::{MAX_QUOTED_CHARS, Target, TargetError};
 pub use traverse::{

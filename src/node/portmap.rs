@@ -6,6 +6,10 @@
 //! external IP is the one the DHT sees us at (no other NAT beyond it), the
 //! UNL says the node is reachable.
 //!
+//! When the gateway maps nothing (no UPnP/NAT-PMP/PCP, or it refuses), the
+//! node asks again every [`PORTMAP_RETRY`]: a mapping that appears later
+//! (the service switched on) lets a relayed connection upgrade to direct.
+//!
 //! Off when the node is bound to loopback (no gateway there) or by
 //! [`NodeBuilder::port_mapping`](super::NodeBuilder::port_mapping).
 
@@ -19,6 +23,9 @@ use natkit_unl::AddrSource;
 use tokio_util::sync::CancellationToken;
 
 use super::{Inner, Node};
+
+/// How often a node whose gateway maps no port asks again.
+pub const PORTMAP_RETRY: Duration = Duration::from_secs(10);
 
 /// How long removing a mapping at shutdown may take.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -47,25 +54,37 @@ pub(crate) async fn map_loop(
         },
         ..Config::default()
     };
-    let client = tokio::select! {
-        () = cancel.cancelled() => return,
-        c = Client::new(config) => match c {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::info!(error = %e, "no port mapping");
-                return;
+    // A gateway that maps nothing now may later (a router whose UPnP is switched on, a
+    // mapping service restarted): try again every PORTMAP_RETRY.
+    let mut first = true;
+    let (client, tcp) = loop {
+        let attempt = async {
+            let client = Client::new(config.clone())
+                .await
+                .map_err(|e| format!("no port mapping: {e}"))?;
+            match client.map(Protocol::Tcp, port).await {
+                Ok(h) => Ok((client, h)),
+                Err(e) => Err(format!(
+                    "the gateway {} maps no port for us: {e}",
+                    client.gateway()
+                )),
             }
-        },
-    };
-    let tcp = tokio::select! {
-        () = cancel.cancelled() => return,
-        m = client.map(Protocol::Tcp, port) => m,
-    };
-    let tcp = match tcp {
-        Ok(h) => h,
-        Err(e) => {
-            tracing::info!(gateway = %client.gateway(), error = %e, "the gateway maps no port for us");
-            return;
+        };
+        let result = tokio::select! {
+            () = cancel.cancelled() => return,
+            r = attempt => r,
+        };
+        match result {
+            Ok(x) => break x,
+            Err(e) if first => {
+                tracing::info!(error = %e, retry_s = PORTMAP_RETRY.as_secs(), "no port mapping; will retry")
+            }
+            Err(e) => tracing::debug!(error = %e, "no port mapping yet"),
+        }
+        first = false;
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(PORTMAP_RETRY) => {}
         }
     };
     let mut handles: Vec<MappingHandle> = Vec::new();

@@ -18,7 +18,9 @@
 //!   replaces the relayed one (natkit-net keeps direct over relayed).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -70,6 +72,10 @@ const TICK: Duration = Duration::from_millis(500);
 const SEARCH_IDLE: u8 = 0;
 const SEARCHING: u8 = 1;
 const SEARCHED: u8 = 2;
+
+/// What one upgrade attempt found: a direct connection and how, nothing to try, or a
+/// failure.
+type DirectTry = Result<Option<(Connection, super::PathKind)>, ()>;
 
 /// A relay the node holds a reservation with.
 ///
@@ -253,7 +259,34 @@ impl Node {
         self.inner
             .relaying
             .remember(session.relay_id(), circuit.id, &conn);
+        let weak = Arc::downgrade(&self.inner);
+        self.inner.tracker.spawn(
+            upgrade_loop(weak, peer, conn.clone(), self.inner.cancel.clone())
+                .instrument(self.inner.span.clone()),
+        );
         Ok(conn)
+    }
+
+    /// One try at a direct connection to `peer`, from its UNL looked up afresh: the plan's
+    /// attempts without relays. `Ok(None)`: the planner sees no direct way now. (Boxed: a
+    /// connect may start an upgrade, which connects.)
+    fn try_direct(&self, peer: NodeId) -> Pin<Box<dyn Future<Output = DirectTry> + Send + '_>> {
+        Box::pin(async move {
+            let unl = self.lookup_with(peer, false).await.map_err(|_| ())?;
+            let Ok(plan) = natkit_traversal::plan::plan(&self.situation(), &unl, Instant::now())
+            else {
+                return Ok(None);
+            };
+            let mut steps = super::connect::steps(&plan, self.inner.bind_ip, &unl);
+            steps.retain(|s| s.kind != super::PathKind::Relayed);
+            if steps.is_empty() {
+                return Ok(None);
+            }
+            match super::connect::race(self, peer, steps).await {
+                Ok((conn, step, _)) if conn.relay().is_none() => Ok(Some((conn, step.kind))),
+                _ => Err(()),
+            }
+        })
     }
 
     /// One round of looking after reservations: drops those that went away, renews those
@@ -352,6 +385,56 @@ impl Node {
             }
         }
         added
+    }
+}
+
+/// While a relayed connection that we made lasts, how often we look whether a direct path
+/// appeared (the peer's UNL looked up afresh: a new port mapping, a changed NAT type); after
+/// a direct attempt failed, the wait doubles up to [`UPGRADE_MAX_INTERVAL`].
+pub const UPGRADE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Longest wait between two upgrade attempts.
+pub const UPGRADE_MAX_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Tries, now and then, to replace the relayed connection `relayed` to `peer` with a direct
+/// one. The direct connection, once made, replaces the relayed one on both ends (natkit-net
+/// keeps direct over relayed and closes the relayed one as a duplicate, its queued lines
+/// still delivered first); the task ends then, or when the relayed connection ends.
+async fn upgrade_loop(
+    node: Weak<Inner>,
+    peer: NodeId,
+    relayed: Connection,
+    cancel: CancellationToken,
+) {
+    let mut wait = UPGRADE_INTERVAL;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = relayed.closed() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        let Some(inner) = node.upgrade() else { return };
+        let node_ = Node { inner };
+        if node_
+            .net()
+            .connection(&peer)
+            .is_some_and(|c| c.relay().is_none())
+        {
+            return;
+        }
+        let attempt = tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = relayed.closed() => return,
+            a = node_.try_direct(peer) => a,
+        };
+        match attempt {
+            Ok(Some((conn, kind))) => {
+                tracing::info!(peer = %peer.short(), %kind, addr = %conn.remote_addr(), "relayed connection upgraded to a direct one");
+                return;
+            }
+            Ok(None) => {}
+            Err(()) => wait = (wait * 2).min(UPGRADE_MAX_INTERVAL),
+        }
     }
 }
 

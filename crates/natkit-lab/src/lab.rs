@@ -203,6 +203,15 @@ impl Lab {
         run_script(cmd, UP_TIMEOUT).map(|_| ())
     }
 
+    /// Stops miniupnpd in `router` ([`Host::NatA`] or [`Host::NatB`]) like a router whose
+    /// UPnP/NAT-PMP/PCP service went away: its forwardings, conntrack table and lease file are
+    /// gone (`natlab.sh miniupnpd-stop`); [`Lab::restart_miniupnpd`] starts it again.
+    pub fn stop_miniupnpd(&self, router: Host) -> Result<(), LabError> {
+        let mut cmd = script_cmd();
+        cmd.args(["--name", &self.name, "miniupnpd-stop", &router.to_string()]);
+        run_script(cmd, UP_TIMEOUT).map(|_| ())
+    }
+
     /// Tears the lab down now and reports failures (dropping does the same, silently).
     pub fn down(mut self) -> Result<(), LabError> {
         let r = self.teardown();

@@ -91,6 +91,9 @@ pub(crate) struct ConnShared {
     pub(crate) plaintext: bool,
     /// The relay the connection runs through (its bytes are spliced by that node), if any.
     pub(crate) relay: Option<NodeId>,
+    /// The relayed connection this direct one replaced: our lines are delivered only after
+    /// every line of it was (see [`deliver`]).
+    pub(crate) predecessor: Mutex<Option<Arc<ConnShared>>>,
     since: SystemTime,
     started: Instant,
     limits: Arc<Limits>,
@@ -384,6 +387,7 @@ impl ConnShared {
             handshake_hash,
             plaintext,
             relay,
+            predecessor: Mutex::new(None),
             since: SystemTime::now(),
             started: Instant::now(),
             limits,
@@ -679,11 +683,39 @@ fn protocol(detail: &str) -> CloseReason {
     }
 }
 
+/// How often a connection that replaced a relayed one looks whether the relayed one's
+/// lines were all taken.
+const PREDECESSOR_POLL: Duration = Duration::from_millis(10);
+
+/// Waits until the relayed connection this one replaced has ended and every line it
+/// received was taken (so the lines of the two reach the application in the order they
+/// were sent), at most twice the close timeout (an application that never takes the old
+/// connection's lines does not stall the new one for longer). Returns false if cancelled.
+async fn after_predecessor(conn: &Arc<ConnShared>) -> bool {
+    let Some(p) = lock(&conn.predecessor).clone() else {
+        return true;
+    };
+    let until = Instant::now() + conn.limits.close_timeout * 2;
+    while !(p.ended.load(Ordering::Acquire) && lock(&p.recv).lines.is_empty())
+        && Instant::now() < until
+    {
+        tokio::select! {
+            () = tokio::time::sleep(PREDECESSOR_POLL) => {}
+            () = conn.cancel.cancelled() => return false,
+        }
+    }
+    *lock(&conn.predecessor) = None;
+    true
+}
+
 /// Moves decoded lines into the receive queue, waiting while it is full.
 /// Returns false if the connection was cancelled meanwhile.
 async fn deliver(conn: &Arc<ConnShared>, lines: &mut Vec<String>) -> bool {
     if lines.is_empty() {
         return true;
+    }
+    if !after_predecessor(conn).await {
+        return false;
     }
     loop {
         let space = conn.recv_space.notified();

@@ -704,6 +704,12 @@ fn register(
                 let ours = (relay.is_some(), est.handshake_hash);
                 let theirs = (existing.0.relay.is_some(), existing.0.handshake_hash);
                 if ours < theirs {
+                    if existing.0.relay.is_some() && relay.is_none() {
+                        // A direct path replaces a relayed one: its lines wait for the
+                        // relayed one's, so that none overtakes another.
+                        *shared.predecessor.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(existing.0.clone());
+                    }
                     loser = Some(existing.clone());
                     r.by_id.insert(est.peer, conn.clone());
                     winner = conn.clone();

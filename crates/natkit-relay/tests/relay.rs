@@ -344,3 +344,56 @@ async fn garbage_and_unknown_requests_cost_nothing_but_a_refusal() {
     c.send("still here").await.unwrap();
     assert_eq!(at_alice.recv().await.as_deref(), Some("still here"));
 }
+
+#[tokio::test]
+async fn a_direct_connection_replaces_a_relayed_one_without_reordering_a_line() {
+    let (_relay, alice, a, mut an, bob, b, _bn) = setup(RelayLimits::default()).await;
+    let mut events = std::pin::pin!(alice.net.events());
+    let (relayed, _at_alice) = relayed_pair(&bob, &b, &alice, &a, &mut an).await;
+    for k in 1..=100 {
+        relayed.send(&format!("line {k}")).await.unwrap();
+    }
+    // A direct path appears: both ends keep it and close the relayed one as a duplicate,
+    // after the lines queued on it.
+    let direct = bob
+        .net
+        .connect(alice.net.local_addr(), alice.net.node_id())
+        .await
+        .unwrap();
+    assert_eq!(direct.relay(), None);
+    assert_ne!(
+        direct, relayed,
+        "connect dials even when a relayed connection exists"
+    );
+    assert!(
+        relayed.send("too late").await.is_err(),
+        "the relayed one takes no more lines"
+    );
+    assert_eq!(
+        bob.net.connection(&alice.net.node_id()),
+        Some(direct.clone())
+    );
+    for k in 101..=200 {
+        direct.send(&format!("line {k}")).await.unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 200 {
+        let ev = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures::StreamExt::next(&mut events),
+        )
+        .await
+        .expect("alice's events")
+        .unwrap();
+        if let natkit_net::NetEvent::Line(_, l) = ev {
+            got.push(l.strip_prefix("line ").unwrap().parse::<u32>().unwrap());
+        }
+    }
+    assert_eq!(got, (1..=200).collect::<Vec<_>>());
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), relayed.closed())
+            .await
+            .unwrap(),
+        natkit_net::CloseReason::Duplicate
+    );
+}
