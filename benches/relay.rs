@@ -21,8 +21,12 @@
 //!   over the relayed runs, per GB of ciphertext it forwarded (its own byte
 //!   counter), and GB forwarded per CPU-second.
 //!
-//! The time from "a port mapping appeared" to "upgraded to direct" is
-//! measured by `tests/natlab_relay.rs` (it prints it); see BENCHMARKS.md.
+//! - **upgrade**: the time from "a port mapping appeared" to "upgraded to
+//!   direct", UPGRADES (default 3) times: alice (`examples/alice`, release)
+//!   behind a cone NAT whose miniupnpd is stopped, bob (`examples/bob
+//!   --count`) behind a symmetric NAT, relayed through the bootstrap node;
+//!   miniupnpd is started (timed from when it answers NAT-PMP) and bob reports
+//!   `switched path=direct`.
 //!
 //! Prints one line per measure and, last, `relay: key=value ...`.
 
@@ -33,7 +37,7 @@ use std::time::{Duration, Instant};
 use natkit::identity::{Keypair, NodeId};
 use natkit::net::{Net, NetConfig, NetEvent, Role};
 use natkit::relay::{Notice, RelayClient, RelayLimits, RelayServer};
-use natkit_lab::{Host, Lab, LabConfig, NatKind};
+use natkit_lab::{Host, Lab, LabConfig, NatKind, Upnp};
 
 const DELAY_MS: u32 = 20;
 const RELAY_PORT: u16 = 4001;
@@ -94,11 +98,19 @@ fn main() {
     let wan = measure(DELAY_MS, mib);
     println!("== lab without delay (CPU-bound throughput, relay CPU)");
     let cpu = measure(0, mib);
+    let upgrades: usize = std::env::args()
+        .skip_while(|a| a != "--upgrades")
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    println!("== upgrade from relayed to direct when a mapping appears ({upgrades} runs)");
+    let mut ups: Vec<Duration> = (0..upgrades).map(|i| upgrade_once(i + 1)).collect();
+    ups.sort();
     let r = |f: &Figures, size: usize, name: &'static str| f.rates[&(size, name)];
     let gb = cpu.relay_bytes as f64 / 1e9;
     let cpu_s = cpu.relay_cpu.as_secs_f64();
     println!(
-        "relay: rtt_direct_ms={:.2} rtt_relayed_ms={:.2} added_ms={:.2} wan_1k_direct_mbs={:.1} wan_1k_relayed_mbs={:.1} direct_1k_mbs={:.1} relayed_1k_mbs={:.1} ratio_1k={:.2} direct_64b_mbs={:.1} relayed_64b_mbs={:.1} ratio_64b={:.2} relay_ms_per_gb={:.0} relay_gb_per_core_s={:.2}",
+        "relay: rtt_direct_ms={:.2} rtt_relayed_ms={:.2} added_ms={:.2} wan_1k_direct_mbs={:.1} wan_1k_relayed_mbs={:.1} direct_1k_mbs={:.1} relayed_1k_mbs={:.1} ratio_1k={:.2} direct_64b_mbs={:.1} relayed_64b_mbs={:.1} ratio_64b={:.2} relay_ms_per_gb={:.0} relay_gb_per_core_s={:.2} upgrade_median_s={:.1} upgrade_max_s={:.1}",
         wan.rtt.0.as_secs_f64() * 1e3,
         wan.rtt.1.as_secs_f64() * 1e3,
         (wan.rtt.1.as_secs_f64() - wan.rtt.0.as_secs_f64()) * 1e3,
@@ -112,7 +124,110 @@ fn main() {
         r(&cpu, 64, "relayed") / r(&cpu, 64, "direct"),
         cpu_s * 1e3 / gb,
         gb / cpu_s,
+        ups.get(ups.len() / 2)
+            .map_or(f64::NAN, Duration::as_secs_f64),
+        ups.last().map_or(f64::NAN, Duration::as_secs_f64),
     );
+}
+
+fn example(name: &str) -> std::path::PathBuf {
+    let mut p = std::env::current_exe().expect("bench binary path");
+    p.pop();
+    if p.ends_with("deps") {
+        p.pop();
+    }
+    p.join("examples").join(name)
+}
+
+/// Waits until `child` printed `needle`; panics with its output if not within `secs`.
+fn wait_out(child: &mut natkit_lab::LabChild, needle: &str, secs: u64) {
+    if let Err(e) = child.wait_for_stdout(needle, Duration::from_secs(secs)) {
+        panic!(
+            "{e}\n--- stdout\n{}--- stderr\n{}",
+            child.stdout(),
+            child.stderr()
+        );
+    }
+}
+
+/// One upgrade run; returns the time from miniupnpd answering to bob's switch.
+fn upgrade_once(run: usize) -> Duration {
+    let lab = Lab::up(
+        LabConfig::new(NatKind::Cone, NatKind::Symmetric)
+            .upnp(Upnp::NatA)
+            .delay_ms(DELAY_MS),
+    )
+    .expect("lab up");
+    lab.stop_miniupnpd(Host::NatA).expect("stop miniupnpd");
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("boot.key");
+    let boot_ip = lab.ip(Host::Rendezvous).to_string();
+    let natkit = example("../natkit");
+    let mut boot = lab
+        .spawn(
+            Host::Rendezvous,
+            &[
+                natkit.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+                "--port",
+                "4000",
+                "bootstrap-node",
+                "--bind",
+                &boot_ip,
+                "--relay",
+            ],
+        )
+        .unwrap();
+    wait_out(&mut boot, "ready", 10);
+    let boot_addr = format!("{boot_ip}:4000");
+    let alice_bin = example("alice");
+    let mut alice = lab
+        .spawn(
+            Host::Alice,
+            &[
+                alice_bin.to_str().unwrap(),
+                "--bootstrap",
+                &boot_addr,
+                "--port",
+                "41000",
+                "--seed",
+                "1",
+                "--wait-relays",
+                "1",
+            ],
+        )
+        .unwrap();
+    wait_out(&mut alice, "ready id=", 40);
+    let mut seed = [0u8; 32];
+    seed[0] = 1;
+    let alice_id = Keypair::from_seed(seed).node_id().to_string();
+    let bob_bin = example("bob");
+    let mut bob = lab
+        .spawn(
+            Host::Bob,
+            &[
+                bob_bin.to_str().unwrap(),
+                "--bootstrap",
+                &boot_addr,
+                "--to",
+                &alice_id,
+                "--count",
+                "600",
+            ],
+        )
+        .unwrap();
+    wait_out(&mut bob, "connected path=relayed", 40);
+    lab.restart_miniupnpd(Host::NatA).expect("start miniupnpd");
+    let t = Instant::now();
+    wait_out(&mut bob, "switched path=direct", 60);
+    let took = t.elapsed();
+    println!(
+        "upgrade run {run}: direct {:.1} s after the mapping service answered",
+        took.as_secs_f64()
+    );
+    drop((bob, alice, boot));
+    took
 }
 
 /// What one lab run measured.

@@ -3,7 +3,7 @@
 //! traversal matrix (docs/traversal.md), with 20 ms one-way delay on every
 //! router's WAN link. Needs root and the lab tools.
 //!
-//! Per cell: one lab, one bootstrap node, one `examples/alice` waiting behind
+//! Per cell: one lab, one bootstrap node (also a relay), one `examples/alice` waiting behind
 //! natA, then RUNS times a fresh `examples/bob` (new key, new process) that
 //! connects to alice by node id, sends a line and waits for her answer. From
 //! bob's own report: the DHT lookup, the connect (plan start to authenticated
@@ -91,6 +91,20 @@ const CELLS: &[Cell] = &[
         bob: Host::Bob,
         path: "punched",
     },
+    Cell {
+        name: "relayed",
+        nat_a: NatKind::Symmetric,
+        nat_b: NatKind::Symmetric,
+        bob: Host::Bob,
+        path: "relayed",
+    },
+    Cell {
+        name: "relayed_cone",
+        nat_a: NatKind::Cone,
+        nat_b: NatKind::Symmetric,
+        bob: Host::Bob,
+        path: "relayed",
+    },
 ];
 
 fn spawn(lab: &Lab, h: Host, argv: &[&str]) -> LabChild {
@@ -177,6 +191,7 @@ fn run_cell(cell: &Cell, runs: usize) -> Result {
             "bootstrap-node",
             "--bind",
             &boot_ip,
+            "--relay",
         ],
     );
     b.wait_for_stdout("\"ready\"", Duration::from_secs(10))

@@ -8,9 +8,10 @@
 #   scripts/bench.sh traversal [RUNS]  # Node::connect(node id) per cell of the traversal matrix in
 #                                      # a NAT lab (20 ms WAN delay), RUNS (default 50) per cell;
 #                                      # needs root and the lab tools
-#   scripts/bench.sh relay [MIB]       # relayed vs direct throughput (1 KiB and 64 B lines, MIB
-#                                      # MiB, default 64) and latency, relay CPU per GB, in a NAT
-#                                      # lab (20 ms WAN delay); needs root and the lab tools
+#   scripts/bench.sh relay [MIB] [--upgrades N]  # relayed vs direct throughput (1 KiB and 64 B
+#                                      # lines, MIB MiB, default 64) and latency, relay CPU per GB,
+#                                      # time from a new mapping to the upgrade (N runs, default 3),
+#                                      # in a NAT lab (20 ms WAN delay); needs root and the lab tools
 #   scripts/bench.sh dht [--quick]     # 1,000-node natkit vs mainline networks on loopback (as
 #                                      # root each in a private network namespace); simulation
 #                                      # at 10,000 and 100,000 nodes vs the notes' ideal table
@@ -42,7 +43,10 @@ case "$what" in
   relay)
     mib=${1:-64}
     [[ "$mib" =~ ^[0-9]{1,5}$ && "$mib" -ge 1 ]] || { echo "bench.sh relay: MIB must be 1-99999" >&2; exit 2; }
-    exec cargo bench --quiet --bench relay -- --mib "$mib"
+    shift || true
+    # The upgrade runs use the release examples (alice, bob) and the natkit binary.
+    cargo build --quiet --release --examples --bin natkit
+    exec cargo bench --quiet --bench relay -- --mib "$mib" "$@"
     ;;
   *) echo "usage: scripts/bench.sh lines [--quick] | portmap [ROUNDS] | dht [--quick] | traversal [RUNS] | relay [MIB]" >&2; exit 2 ;;
 esac

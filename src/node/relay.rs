@@ -272,7 +272,10 @@ impl Node {
     /// connect may start an upgrade, which connects.)
     fn try_direct(&self, peer: NodeId) -> Pin<Box<dyn Future<Output = DirectTry> + Send + '_>> {
         Box::pin(async move {
-            let unl = self.lookup_with(peer, false).await.map_err(|_| ())?;
+            // A lookup that fails is no sign against a direct path: look again next time.
+            let Ok(unl) = self.lookup_with(peer, false).await else {
+                return Ok(None);
+            };
             let Ok(plan) = natkit_traversal::plan::plan(&self.situation(), &unl, Instant::now())
             else {
                 return Ok(None);
