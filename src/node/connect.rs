@@ -16,6 +16,7 @@ use natkit_net::{Connection, NetError};
 use natkit_traversal::plan::{ATTEMPT_STAGGER, AttemptKind, NoPath, Plan};
 use natkit_traversal::punch::PunchFailure;
 use natkit_unl::{AddrSource, Unl};
+use tracing::Instrument;
 
 use super::Node;
 use super::record::RecordError;
@@ -326,15 +327,16 @@ pub(crate) fn steps(plan: &Plan, bind_ip: IpAddr, peer: &Unl) -> Vec<Step> {
 }
 
 /// The peer's relays, the last attempts: at once (after any LAN attempt) when nothing over
-/// the internet can work without one, else [`RELAY_FALLBACK_DELAY`] after the direct
-/// attempts started; each next relay a stagger later (at once when the others failed).
+/// the internet can work without one, else [`RELAY_FALLBACK_DELAY`] after the last direct
+/// attempt started; each next relay 1 s later (at once when the others failed).
 pub(crate) fn relay_steps(before: &[Step], no_direct: bool, peer: &Unl) -> Vec<Step> {
+    let last = before.iter().map(|s| s.delay).max().unwrap_or_default();
     let first = if before.is_empty() {
         Duration::ZERO
     } else if no_direct {
-        before.iter().map(|s| s.delay).max().unwrap_or_default() + ATTEMPT_STAGGER
+        last + ATTEMPT_STAGGER
     } else {
-        RELAY_FALLBACK_DELAY
+        last + RELAY_FALLBACK_DELAY
     };
     peer.addrs
         .iter()
@@ -353,44 +355,108 @@ pub(crate) fn relay_steps(before: &[Step], no_direct: bool, peer: &Unl) -> Vec<S
 
 type Outcome = (Step, Result<(Connection, Option<Duration>), AttemptError>);
 
+type Running = FuturesUnordered<Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>>;
+
 /// Runs the steps, each at its delay from now (the next one at once when
 /// every running one has failed), and returns the first connection
 /// authenticated to `peer` (a dial's, or one a traversal made); the others
 /// are cancelled (a running punch tells the peer). Or every failure.
+///
+/// When a relay wins, the direct attempts still running or waiting are not
+/// cancelled: they go on in the background, and one that connects replaces
+/// the relayed connection (natkit-net keeps direct over relayed). A relayed
+/// connection can thus start early without costing the direct path.
 pub(crate) async fn race(
     node: &Node,
     peer: NodeId,
     steps: Vec<Step>,
 ) -> Result<(Connection, Step, Option<Duration>), Vec<AttemptFailure>> {
     let t0 = tokio::time::Instant::now();
-    let mut waiting = steps.into_iter().peekable();
-    let mut running: FuturesUnordered<Pin<Box<dyn Future<Output = Outcome> + Send + '_>>> =
-        FuturesUnordered::new();
+    let mut waiting: std::collections::VecDeque<Step> = steps.into();
+    let mut direct: Running = FuturesUnordered::new();
+    let mut relayed: Running = FuturesUnordered::new();
     let mut failures = Vec::new();
     loop {
-        while let Some(s) =
-            waiting.next_if(|s| running.is_empty() || tokio::time::Instant::now() >= t0 + s.delay)
-        {
-            running.push(Box::pin(run_step(node, peer, s)));
+        while waiting.front().is_some_and(|s| {
+            (direct.is_empty() && relayed.is_empty()) || tokio::time::Instant::now() >= t0 + s.delay
+        }) {
+            let s = waiting.pop_front().expect("a waiting step");
+            let set = if s.kind == PathKind::Relayed {
+                &mut relayed
+            } else {
+                &mut direct
+            };
+            set.push(Box::pin(run_step(node.clone(), peer, s)));
         }
-        if running.is_empty() && waiting.peek().is_none() {
+        if direct.is_empty() && relayed.is_empty() && waiting.is_empty() {
             return Err(failures);
         }
-        let next_at = waiting.peek().map(|s| t0 + s.delay);
-        tokio::select! {
-            Some((s, r)) = running.next() => match r {
-                Ok((conn, rtt)) => {
-                    tracing::debug!(peer = %peer.short(), addr = %conn.remote_addr(), kind = %s.kind, "connected");
-                    return Ok((conn, s, rtt));
+        let next_at = waiting.front().map(|s| t0 + s.delay);
+        let (s, r) = tokio::select! {
+            Some(o) = direct.next() => o,
+            Some(o) = relayed.next() => o,
+            () = sleep_until_opt(next_at) => continue,
+        };
+        match r {
+            Ok((conn, rtt)) => {
+                tracing::debug!(peer = %peer.short(), addr = %conn.remote_addr(), kind = %s.kind, "connected");
+                if s.kind == PathKind::Relayed {
+                    waiting.retain(|w| w.kind != PathKind::Relayed);
+                    if !direct.is_empty() || !waiting.is_empty() {
+                        finish_direct_in_background(node, peer, t0, direct, waiting);
+                    }
                 }
-                Err(error) => {
-                    tracing::debug!(peer = %peer.short(), addr = ?s.addr, kind = %s.kind, %error, "attempt failed");
-                    failures.push(AttemptFailure { kind: s.kind, addr: s.addr, error });
-                }
-            },
-            () = sleep_until_opt(next_at) => {}
+                return Ok((conn, s, rtt));
+            }
+            Err(error) => {
+                tracing::debug!(peer = %peer.short(), addr = ?s.addr, kind = %s.kind, %error, "attempt failed");
+                failures.push(AttemptFailure {
+                    kind: s.kind,
+                    addr: s.addr,
+                    error,
+                });
+            }
         }
     }
+}
+
+/// After a relay won the race: lets the direct attempts run on (and start the waiting
+/// ones at their times) until one connects, all fail, or the node shuts down.
+fn finish_direct_in_background(
+    node: &Node,
+    peer: NodeId,
+    t0: tokio::time::Instant,
+    mut running: Running,
+    mut waiting: std::collections::VecDeque<Step>,
+) {
+    let owned = node.clone();
+    let cancel = node.inner.cancel.clone();
+    let task = async move {
+        loop {
+            while waiting
+                .front()
+                .is_some_and(|s| running.is_empty() || tokio::time::Instant::now() >= t0 + s.delay)
+            {
+                let s = waiting.pop_front().expect("a waiting step");
+                running.push(Box::pin(run_step(owned.clone(), peer, s)));
+            }
+            if running.is_empty() {
+                return;
+            }
+            let next_at = waiting.front().map(|s| t0 + s.delay);
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                Some((s, r)) = running.next() => if let Ok((conn, _)) = r {
+                    tracing::info!(peer = %peer.short(), kind = %s.kind, addr = %conn.remote_addr(), "a direct attempt still running connected: it replaces the relayed connection");
+                    return;
+                },
+                () = sleep_until_opt(next_at) => {}
+            }
+        }
+    };
+    node.inner
+        .tracker
+        .spawn(task.instrument(node.inner.span.clone()));
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
@@ -400,7 +466,8 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
-async fn run_step(node: &Node, peer: NodeId, s: Step) -> Outcome {
+async fn run_step(node: Node, peer: NodeId, s: Step) -> Outcome {
+    let node = &node;
     let timeout = s.timeout;
     let r = match (s.kind, s.addr) {
         (PathKind::Reverse, _) => timed(timeout, node.reverse(peer, s.via.clone())).await,

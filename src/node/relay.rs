@@ -13,9 +13,11 @@
 //!   them in its UNL (source `relay`), renews them at half-time and replaces
 //!   any that goes away.
 //! - **Connecting**: a peer's relays are the last attempts of a connect: at
-//!   once when the planner found no direct way, else after
-//!   [`RELAY_FALLBACK_DELAY`]. A direct connection made later (by either side)
-//!   replaces the relayed one (natkit-net keeps direct over relayed).
+//!   once when the planner found no direct way, else [`RELAY_FALLBACK_DELAY`]
+//!   after the last direct attempt started. The direct attempts go on when
+//!   the relay wins; a direct connection made later (by them, by the upgrade
+//!   loop, or by the other side) replaces the relayed one (natkit-net keeps
+//!   direct over relayed).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -52,9 +54,10 @@ pub const RELAY_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(10 * 60);
 /// starts first, such as a bootstrap node, has nobody to store it yet).
 pub const RELAY_ANNOUNCE_RETRY: Duration = Duration::from_secs(2);
 
-/// When a connect plan has direct attempts, how long they run before the relay attempt
-/// starts too.
-pub const RELAY_FALLBACK_DELAY: Duration = Duration::from_secs(2);
+/// When a connect plan has direct attempts, how long after the last of them started the
+/// relay attempt starts too. If the relay wins, the direct attempts go on, and one that connects
+/// replaces the relayed connection.
+pub const RELAY_FALLBACK_DELAY: Duration = Duration::from_secs(1);
 
 /// Longest a relayed attempt takes: the circuit request, the join, the handshake.
 pub const RELAY_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);

@@ -33,6 +33,9 @@ pub struct RelayLimits {
     pub max_circuits_per_reservation: usize,
     /// Most circuits asked for by one node (default 4).
     pub max_circuits_per_peer: usize,
+    /// Most circuits asked for from one IP address, whatever the node ids (default 8: keys
+    /// cost nothing, addresses do).
+    pub max_circuits_per_ip: usize,
     /// Longest a circuit runs, seconds (default 3600).
     pub circuit_duration_s: u64,
     /// Most bytes a circuit carries, both directions together (default 1 GiB).
@@ -52,6 +55,7 @@ impl Default for RelayLimits {
             max_circuits: 64,
             max_circuits_per_reservation: 8,
             max_circuits_per_peer: 4,
+            max_circuits_per_ip: 8,
             circuit_duration_s: 3600,
             circuit_data_bytes: 1 << 30,
             circuit_bytes_per_sec: 4 << 20,
@@ -71,7 +75,7 @@ pub struct LimitError {
 impl RelayLimits {
     /// Checks that every limit is at least 1.
     pub fn validate(&self) -> Result<(), LimitError> {
-        let all: [(&'static str, u64); 10] = [
+        let all: [(&'static str, u64); 11] = [
             ("max_reservations", self.max_reservations as u64),
             (
                 "max_reservations_per_ip",
@@ -84,6 +88,7 @@ impl RelayLimits {
                 self.max_circuits_per_reservation as u64,
             ),
             ("max_circuits_per_peer", self.max_circuits_per_peer as u64),
+            ("max_circuits_per_ip", self.max_circuits_per_ip as u64),
             ("circuit_duration_s", self.circuit_duration_s),
             ("circuit_data_bytes", self.circuit_data_bytes),
             ("circuit_bytes_per_sec", self.circuit_bytes_per_sec),

@@ -13,9 +13,10 @@
 //! let mut reg = Registry::new(RelayLimits::default());
 //! // Nobody reaches alice until she reserves.
 //! let tokens = (Token::random(), Token::random());
-//! assert_eq!(reg.open(bob, 2, alice, now, tokens).unwrap_err(), Refusal::NotReserved { node: alice });
+//! let ip = "192.0.2.2".parse().unwrap();
+//! assert_eq!(reg.open(bob, 2, ip, alice, now, tokens).unwrap_err(), Refusal::NotReserved { node: alice });
 //! reg.reserve(alice, 1, "192.0.2.1".parse().unwrap(), now).unwrap();
-//! let c = reg.open(bob, 2, alice, now, (Token::random(), Token::random())).unwrap();
+//! let c = reg.open(bob, 2, ip, alice, now, (Token::random(), Token::random())).unwrap();
 //! assert_eq!(c.target_session, 1);
 //! assert_eq!(reg.join(&c.dialer_token, now).unwrap().end, End::Dialer);
 //! assert!(reg.join(&c.target_token, now).unwrap().both);
@@ -61,6 +62,8 @@ pub struct Circuit {
     pub target: NodeId,
     /// The dialer's control connection.
     pub dialer_session: SessionId,
+    /// The dialer's IP address.
+    pub dialer_ip: IpAddr,
     /// The target's control connection.
     pub target_session: SessionId,
     /// When it was opened.
@@ -179,12 +182,14 @@ impl Registry {
         Ok(ttl)
     }
 
-    /// Opens a circuit from `from` (on control connection `from_session`) to the reserved
-    /// node `to`, with the two tokens given (random, from the caller).
+    /// Opens a circuit from `from` (on control connection `from_session`, from `from_ip`)
+    /// to the reserved node `to`, with the two tokens given (random, from the caller).
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         &mut self,
         from: NodeId,
         from_session: SessionId,
+        from_ip: IpAddr,
         to: NodeId,
         now: Instant,
         tokens: (Token, Token),
@@ -214,6 +219,17 @@ impl Registry {
                 limit: l.max_circuits_per_peer,
             });
         }
+        if self
+            .circuits
+            .values()
+            .filter(|c| c.dialer_ip == from_ip)
+            .count()
+            >= l.max_circuits_per_ip
+        {
+            return Err(Refusal::CircuitsPerIp {
+                limit: l.max_circuits_per_ip,
+            });
+        }
         let id = self.next_id;
         self.next_id += 1;
         self.circuits.insert(
@@ -223,6 +239,7 @@ impl Registry {
                 dialer: from,
                 target: to,
                 dialer_session: from_session,
+                dialer_ip: from_ip,
                 target_session,
                 opened: now,
                 joined: [false, false],
@@ -351,25 +368,48 @@ mod tests {
         reg.reserve(id(1), 1, ip(1), now).unwrap();
         reg.reserve(id(2), 2, ip(2), now).unwrap();
         assert_eq!(
-            reg.open(id(1), 1, id(1), now, tokens()).unwrap_err(),
+            reg.open(id(1), 1, ip(1), id(1), now, tokens()).unwrap_err(),
             Refusal::SelfCircuit
         );
-        reg.open(id(10), 10, id(1), now, tokens()).unwrap();
-        reg.open(id(10), 10, id(1), now, tokens()).unwrap();
+        reg.open(id(10), 10, ip(10), id(1), now, tokens()).unwrap();
+        reg.open(id(10), 10, ip(10), id(1), now, tokens()).unwrap();
         assert_eq!(
-            reg.open(id(10), 10, id(1), now, tokens()).unwrap_err(),
+            reg.open(id(10), 10, ip(10), id(1), now, tokens())
+                .unwrap_err(),
             Refusal::CircuitsPerPeer { limit: 2 }
         );
-        reg.open(id(11), 11, id(1), now, tokens()).unwrap();
+        reg.open(id(11), 11, ip(11), id(1), now, tokens()).unwrap();
         assert_eq!(
-            reg.open(id(12), 12, id(1), now, tokens()).unwrap_err(),
+            reg.open(id(12), 12, ip(12), id(1), now, tokens())
+                .unwrap_err(),
             Refusal::CircuitsPerReservation { limit: 3 }
         );
-        reg.open(id(12), 12, id(2), now, tokens()).unwrap();
+        reg.open(id(12), 12, ip(12), id(2), now, tokens()).unwrap();
         assert_eq!(
-            reg.open(id(13), 13, id(2), now, tokens()).unwrap_err(),
+            reg.open(id(13), 13, ip(13), id(2), now, tokens())
+                .unwrap_err(),
             Refusal::Circuits { limit: 4 }
         );
+    }
+
+    #[test]
+    fn circuits_from_one_ip_are_limited_whatever_the_keys() {
+        let now = Instant::now();
+        let mut reg = Registry::new(RelayLimits {
+            max_circuits_per_ip: 3,
+            ..RelayLimits::default()
+        });
+        reg.reserve(id(1), 1, ip(1), now).unwrap();
+        for n in 20..23 {
+            reg.open(id(n), n as u64, ip(9), id(1), now, tokens())
+                .unwrap();
+        }
+        assert_eq!(
+            reg.open(id(23), 23, ip(9), id(1), now, tokens())
+                .unwrap_err(),
+            Refusal::CircuitsPerIp { limit: 3 }
+        );
+        reg.open(id(24), 24, ip(10), id(1), now, tokens()).unwrap();
     }
 
     #[test]
@@ -377,7 +417,7 @@ mod tests {
         let now = Instant::now();
         let mut reg = Registry::new(RelayLimits::default());
         reg.reserve(id(1), 1, ip(1), now).unwrap();
-        let c = reg.open(id(2), 2, id(1), now, tokens()).unwrap();
+        let c = reg.open(id(2), 2, ip(2), id(1), now, tokens()).unwrap();
         let j = reg.join(&c.target_token, now).unwrap();
         assert_eq!((j.end, j.both), (End::Target, false));
         assert!(reg.join(&Token::random(), now).is_none());
@@ -396,10 +436,10 @@ mod tests {
         let now = Instant::now();
         let mut reg = Registry::new(RelayLimits::default());
         reg.reserve(id(1), 1, ip(1), now).unwrap();
-        let joined = reg.open(id(2), 2, id(1), now, tokens()).unwrap();
+        let joined = reg.open(id(2), 2, ip(2), id(1), now, tokens()).unwrap();
         reg.join(&joined.dialer_token, now).unwrap();
         reg.join(&joined.target_token, now).unwrap();
-        let pending = reg.open(id(3), 3, id(1), now, tokens()).unwrap();
+        let pending = reg.open(id(3), 3, ip(3), id(1), now, tokens()).unwrap();
         assert_eq!(
             reg.session_closed(1)
                 .iter()
@@ -409,7 +449,7 @@ mod tests {
         );
         assert!(reg.circuit(joined.id).is_some(), "a joined circuit runs on");
         assert_eq!(
-            reg.open(id(3), 3, id(1), now, tokens()).unwrap_err(),
+            reg.open(id(3), 3, ip(3), id(1), now, tokens()).unwrap_err(),
             Refusal::NotReserved { node: id(1) }
         );
     }

@@ -26,7 +26,8 @@ use crate::wire::{
 /// How long a circuit stream may take to send its preface.
 pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Circuit streams waiting for their preface at once (beyond it, new ones are dropped).
+/// Circuit streams waiting for their preface at once, queued or being read (beyond it,
+/// new ones are dropped).
 pub const MAX_PREFACE_QUEUE: usize = 64;
 
 /// How long the relay waits between telling the ends why it cuts a circuit and closing
@@ -147,6 +148,7 @@ enum Ended {
 
 async fn run(mut st: State, mut streams: mpsc::Receiver<(TcpStream, SocketAddr)>) {
     let (done_tx, mut done_rx) = mpsc::channel::<Ended>(256);
+    let prefaces = Arc::new(tokio::sync::Semaphore::new(MAX_PREFACE_QUEUE));
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let cancel = st.inner.cancel.clone();
     let net = st.inner.net.clone();
@@ -160,8 +162,14 @@ async fn run(mut st: State, mut streams: mpsc::Receiver<(TcpStream, SocketAddr)>
                 None => break,
             },
             Some((stream, peer)) = streams.recv() => {
+                // At most MAX_PREFACE_QUEUE streams wait for their token at once.
+                let Ok(permit) = prefaces.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "circuit stream dropped: too many waiting for their token");
+                    continue;
+                };
                 let tx = done_tx.clone();
                 st.inner.tracker.spawn(async move {
+                    let _permit = permit;
                     let mut stream = stream;
                     if let Some(token) = read_preface(&mut stream).await {
                         let _ = tx.send(Ended::Preface(token, stream)).await;
@@ -269,7 +277,14 @@ impl State {
             }
             Ok(Request::Connect { req, to }) => {
                 let tokens = (Token::random(), Token::random());
-                match self.registry.open(con.node_id(), session, to, now, tokens) {
+                match self.registry.open(
+                    con.node_id(),
+                    session,
+                    con.remote_addr().ip(),
+                    to,
+                    now,
+                    tokens,
+                ) {
                     Ok(opened) => {
                         let Some(target) = self.conn_of(opened.target_session).cloned() else {
                             self.registry.end(opened.id);

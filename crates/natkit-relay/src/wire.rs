@@ -209,6 +209,12 @@ pub enum Refusal {
         /// The limit.
         limit: usize,
     },
+    /// The asking node's IP address has its most circuits.
+    #[error("too many circuits from one IP address (limit {limit})")]
+    CircuitsPerIp {
+        /// The limit.
+        limit: usize,
+    },
     /// The line was not a request.
     #[error("malformed request: {detail}")]
     Malformed {
