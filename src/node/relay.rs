@@ -46,6 +46,13 @@ pub const RELAY_PROBES: usize = 6;
 /// How often a node holding fewer than [`RELAY_RESERVATIONS`] looks for relays again.
 pub const RELAY_SEARCH_INTERVAL: Duration = Duration::from_secs(30);
 
+/// The first [`RELAY_QUICK_SEARCHES`] searches are this far apart (relays that came up
+/// just after us are found soon).
+pub const RELAY_QUICK_SEARCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How many searches are quick.
+pub const RELAY_QUICK_SEARCHES: u32 = 3;
+
 /// How often a relay announces itself in the DHT (peers forget announcements after 30 min
 /// in other implementations).
 pub const RELAY_ANNOUNCE_INTERVAL: Duration = Duration::from_secs(10 * 60);
@@ -457,12 +464,20 @@ pub enum RelayAttemptError {
 
 async fn reserve_loop(node: Weak<Inner>, cancel: CancellationToken) {
     let mut last_search: Option<Instant> = None;
+    let mut searches = 0u32;
     loop {
         let Some(inner) = node.upgrade() else { return };
         let node_ = Node { inner };
-        let search = last_search.is_none_or(|t| t.elapsed() >= RELAY_SEARCH_INTERVAL);
+        // The first few searches come quicker: relays that joined just after us.
+        let every = if searches < RELAY_QUICK_SEARCHES {
+            RELAY_QUICK_SEARCH_INTERVAL
+        } else {
+            RELAY_SEARCH_INTERVAL
+        };
+        let search = last_search.is_none_or(|t| t.elapsed() >= every);
         if search {
             last_search = Some(Instant::now());
+            searches += 1;
         }
         let changed = tokio::select! {
             () = cancel.cancelled() => return,

@@ -8,7 +8,11 @@
 //!
 //! # Layout
 //! - [`Net`]: the connection manager (async API): listen, [`Net::connect`],
-//!   limits, one connection per node, keepalive, events, [`Net::shutdown`].
+//!   limits, one connection per node, keepalive, events, [`Net::shutdown`];
+//!   connections through a relay ([`Net::connect_over`]: the handshake runs
+//!   end to end over a stream the relay splices; a direct connection to the
+//!   same node replaces a relayed one, its lines delivered after the relayed
+//!   one's), and a second protocol on the listen port ([`Net::take_prefaced`]).
 //! - [`blocking::Net`]: the same with its own runtime thread, for event loops.
 //! - [`Connection`]: one authenticated peer: send and receive lines, stats, close.
 //! - [`NetConfig`]: every limit and timeout, with the reasons for the defaults.

@@ -79,6 +79,8 @@ pub struct Circuit {
 #[derive(Clone)]
 pub struct RelayClient {
     net: Net,
+    /// Relays we have a session with (one per relay: its Net keeps one connection per node).
+    open: Arc<Mutex<std::collections::HashSet<NodeId>>>,
 }
 
 impl RelayClient {
@@ -91,15 +93,23 @@ impl RelayClient {
             ..NetConfig::default()
         };
         let net = Net::bind(identity, config).await.map_err(RelayError::Net)?;
-        Ok(RelayClient { net })
+        Ok(RelayClient {
+            net,
+            open: Arc::default(),
+        })
     }
 
     /// Opens a control session with the relay at `addr` (any node id: relays are found by
-    /// address; the session says which node it is), and the notices it will send.
+    /// address; the session says which node it is), and the notices it will send. One
+    /// session per relay: while one is open, another is refused
+    /// ([`RelayError::SessionOpen`]); keep and clone the first.
     pub async fn open(
         &self,
         addr: SocketAddr,
     ) -> Result<(Session, mpsc::Receiver<Notice>), RelayError> {
+        if self.net.connections_to(addr).iter().any(|c| !c.is_closed()) {
+            return Err(RelayError::SessionOpen { addr });
+        }
         let t0 = Instant::now();
         let conn = self
             .net
@@ -107,12 +117,22 @@ impl RelayClient {
             .await
             .map_err(|source| RelayError::Connect { addr, source })?;
         let rtt = t0.elapsed();
+        let relay = conn.node_id();
+        if !lock(&self.open).insert(relay) {
+            // The relay answered on another address of one we have a session with.
+            return Err(RelayError::SessionOpen { addr });
+        }
         let (tx, rx) = mpsc::channel(MAX_NOTICES);
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
             next_req: AtomicU32::new(1),
         });
-        tokio::spawn(read_loop(conn.clone(), shared.clone(), tx));
+        let open = self.open.clone();
+        let reader = read_loop(conn.clone(), shared.clone(), tx);
+        tokio::spawn(async move {
+            reader.await;
+            lock(&open).remove(&relay);
+        });
         Ok((
             Session {
                 conn,

@@ -95,6 +95,12 @@ pub enum RelayError {
         /// Why.
         source: natkit_net::NetError,
     },
+    /// A session with this relay is open already (one per relay).
+    #[error("a session with the relay at {addr} is open already (one per relay)")]
+    SessionOpen {
+        /// The relay's address.
+        addr: std::net::SocketAddr,
+    },
     /// The relay refused, and said why.
     #[error("relay {relay} refused: {reason}")]
     Refused {

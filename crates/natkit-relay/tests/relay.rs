@@ -148,7 +148,7 @@ async fn next_cut(n: &mut mpsc::Receiver<Notice>) -> natkit_relay::wire::Cut {
 
 #[tokio::test]
 async fn reservations_beyond_the_limit_are_refused_with_the_limit() {
-    let (relay, _alice, _a, _an, bob, _b, _bn) = setup(RelayLimits {
+    let (relay, _alice, _a, _an, bob, b, _bn) = setup(RelayLimits {
         max_reservations: 1,
         ..RelayLimits::default()
     })
@@ -167,8 +167,10 @@ async fn reservations_beyond_the_limit_are_refused_with_the_limit() {
         "{err}"
     );
     assert!(err.to_string().contains("most reservations (1)"), "{err}");
+    // One session per relay.
+    let again = bob.relays.open(relay.local_addr()).await.unwrap_err();
+    assert!(matches!(again, RelayError::SessionOpen { .. }), "{again}");
     // Nobody reaches a node that has no reservation.
-    let (b, _) = bob.relays.open(relay.local_addr()).await.unwrap();
     let err = b.connect(carol.net.node_id()).await.unwrap_err();
     assert!(
         matches!(
