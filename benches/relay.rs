@@ -39,6 +39,10 @@ use natkit::net::{Net, NetConfig, NetEvent, Role};
 use natkit::relay::{Notice, RelayClient, RelayLimits, RelayServer};
 use natkit_lab::{Host, Lab, LabConfig, NatKind, Upnp};
 
+#[path = "common/mod.rs"]
+mod common;
+use common::example;
+
 const DELAY_MS: u32 = 20;
 const RELAY_PORT: u16 = 4001;
 const ALICE_PORT: u16 = 41_000;
@@ -130,15 +134,6 @@ fn main() {
     );
 }
 
-fn example(name: &str) -> std::path::PathBuf {
-    let mut p = std::env::current_exe().expect("bench binary path");
-    p.pop();
-    if p.ends_with("deps") {
-        p.pop();
-    }
-    p.join("examples").join(name)
-}
-
 /// Waits until `child` printed `needle`; panics with its output if not within `secs`.
 fn wait_out(child: &mut natkit_lab::LabChild, needle: &str, secs: u64) {
     if let Err(e) = child.wait_for_stdout(needle, Duration::from_secs(secs)) {
@@ -218,7 +213,7 @@ fn upgrade_once(run: usize) -> Duration {
         )
         .unwrap();
     wait_out(&mut bob, "connected path=relayed", 40);
-    lab.restart_miniupnpd(Host::NatA).expect("start miniupnpd");
+    lab.start_miniupnpd(Host::NatA).expect("start miniupnpd");
     let t = Instant::now();
     wait_out(&mut bob, "switched path=direct", 60);
     let took = t.elapsed();

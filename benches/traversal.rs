@@ -21,18 +21,13 @@ use std::time::{Duration, Instant};
 use natkit::identity::Keypair;
 use natkit_lab::{CmdOutput, Host, Lab, LabChild, LabConfig, NatKind};
 
+#[path = "common/mod.rs"]
+mod common;
+use common::example;
+
 const DELAY_MS: u32 = 20;
 const BOOT_PORT: u16 = 4000;
 const ALICE_PORT: u16 = 41_000;
-
-fn example(name: &str) -> std::path::PathBuf {
-    let mut p = std::env::current_exe().expect("bench binary path");
-    p.pop();
-    if p.ends_with("deps") {
-        p.pop();
-    }
-    p.join("examples").join(name)
-}
 
 fn keypair(n: u64) -> Keypair {
     let mut seed = [0u8; 32];

@@ -51,6 +51,13 @@ fn ms(d: Duration) -> String {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    // Logs on stderr when RUST_LOG asks for them (e.g. RUST_LOG=natkit=debug).
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mut bootstrap: Vec<SocketAddr> = Vec::new();
     let mut port = 0u16;
     let mut to: Option<NodeId> = None;

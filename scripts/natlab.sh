@@ -44,7 +44,9 @@ usage: natlab.sh [--name NAME] up <natA-type> <natB-type> [--delay MS] [--upnp n
        natlab.sh [--name NAME] miniupnpd-restart <natA|natB>   stop miniupnpd (TERM), drop its
                                            lease file and start it again (a gateway reboot)
        natlab.sh [--name NAME] miniupnpd-stop <natA|natB>      stop miniupnpd and drop its
-                                           forwardings (miniupnpd-restart starts it again)
+                                           forwardings and the conntrack table
+       natlab.sh [--name NAME] miniupnpd-start <natA|natB>     start a stopped miniupnpd (the
+                                           service switched on: nothing else is touched)
 types: open | cone | symmetric | firewall
 hosts: internet rendezvous public2 natA alice carol natB bob cgnat home dave
 NAME: 1-20 of [A-Za-z0-9_] (default nk); namespaces are NAME-<host>; state in /run/natkit-lab/NAME
@@ -306,8 +308,15 @@ stop_miniupnpd() { # router: stop it like a power-off (mappings and lease file g
 }
 
 restart_miniupnpd() { # router: stop it like a reboot (mappings and lease file gone), start it again
-  local r="$1" dir="$STATE_ROOT/$NAME" client gw
-  stop_miniupnpd "$r"
+  stop_miniupnpd "$1"
+  start_miniupnpd_again "$1"
+}
+
+start_miniupnpd_again() { # router: start a stopped miniupnpd (the service switched on; nothing flushed)
+  local r="$1" dir="$STATE_ROOT/$NAME" client gw pid
+  [[ -f "$dir/miniupnpd-$r.conf" ]] || die "no miniupnpd in $r of lab $NAME"
+  pid="$(cat "$dir/miniupnpd-$r.pid" 2>/dev/null || true)"
+  if [[ -n "$pid" ]] && running "$pid"; then return 0; fi
   case "$r" in natA) client=alice ;; *) client=bob ;; esac
   gw="$(ip -n "$(ns "$r")" -4 -o addr show dev lan0 | awk '{print $4}' | cut -d/ -f1 | head -n1)"
   bg_in "$r" "$dir/miniupnpd-$r.log" miniupnpd -d -f "$dir/miniupnpd-$r.conf" -P "$dir/miniupnpd-$r.pid"
@@ -544,6 +553,11 @@ main() {
       [[ ${#pos[@]} -eq 2 && "${pos[1]}" =~ ^(natA|natB)$ ]] || usage_err "miniupnpd-restart needs natA or natB"
       [[ "$(id -u)" == 0 ]] || die "must run as root"
       restart_miniupnpd "${pos[1]}"
+      ;;
+    miniupnpd-start)
+      [[ ${#pos[@]} -eq 2 && "${pos[1]}" =~ ^(natA|natB)$ ]] || usage_err "miniupnpd-start needs natA or natB"
+      [[ "$(id -u)" == 0 ]] || die "must run as root"
+      start_miniupnpd_again "${pos[1]}"
       ;;
     miniupnpd-stop)
       [[ ${#pos[@]} -eq 2 && "${pos[1]}" =~ ^(natA|natB)$ ]] || usage_err "miniupnpd-stop needs natA or natB"

@@ -20,42 +20,15 @@ mod common;
 use common::{build_examples, example, field, report_fields};
 
 const DELAY_MS: u32 = 20;
-const BOOT_PORT: u16 = 4000;
-const RELAY_PORT: &str = "4001";
+const RELAY_PORT: &str = common::LAB_RELAY_PORT;
 
 fn keypair(n: u64) -> Keypair {
-    let mut seed = [0u8; 32];
-    seed[..8].copy_from_slice(&n.to_le_bytes());
-    Keypair::from_seed(seed)
+    common::seed_keypair(n)
 }
 
 /// `natkit bootstrap-node --relay` on the rendezvous host.
 fn start_bootstrap(lab: &Lab, dir: &Path) -> (LabChild, String) {
-    let key = dir.join("boot.key");
-    let ip = lab.ip(Host::Rendezvous).to_string();
-    let port = BOOT_PORT.to_string();
-    let mut boot = lab
-        .spawn(
-            Host::Rendezvous,
-            &[
-                env!("CARGO_BIN_EXE_natkit"),
-                "--key",
-                key.to_str().unwrap(),
-                "--port",
-                &port,
-                "--json",
-                "bootstrap-node",
-                "--bind",
-                &ip,
-                "--relay",
-                "--relay-port",
-                RELAY_PORT,
-            ],
-        )
-        .expect("spawn the bootstrap node");
-    boot.wait_for_stdout("\"ready\"", Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("bootstrap node not ready: {e}: {}", boot.stderr()));
-    (boot, format!("{ip}:{BOOT_PORT}"))
+    common::lab_bootstrap(lab, Host::Rendezvous, lab.ip(Host::Rendezvous), dir)
 }
 
 /// A second relay: `natkit run --relay` on the public2 host, joined through `boot`.
@@ -244,7 +217,7 @@ fn a_relayed_connection_upgrades_to_direct_when_a_mapping_appears() {
     let first = report_fields(&bob.stdout(), "connected ").expect("bob connected");
     assert_eq!(field(&first, "path"), "relayed", "{first:?}");
     // The mapping service comes (back) on mid-session.
-    lab.restart_miniupnpd(Host::NatA).expect("start miniupnpd");
+    lab.start_miniupnpd(Host::NatA).expect("start miniupnpd");
     let t_on = Instant::now();
     wait_for(&mut bob, "switched path=direct", 40, "the upgrade");
     eprintln!(

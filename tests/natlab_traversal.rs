@@ -24,12 +24,6 @@ use common::{build_examples, example, field, report_fields};
 /// One-way delay on each router's WAN link.
 const DELAY_MS: u32 = 20;
 
-/// The port of the bootstrap node (TCP and UDP).
-const BOOT_PORT: u16 = 4000;
-
-/// The relay port of every bootstrap node (each also relays).
-const RELAY_PORT: &str = "4001";
-
 /// Alice's port (TCP and UDP).
 const ALICE_PORT: u16 = 41_000;
 
@@ -42,9 +36,7 @@ const BOB_LIMIT: Duration = Duration::from_secs(45);
 
 /// The key of seed `n`, as the examples make it.
 fn keypair(n: u64) -> Keypair {
-    let mut seed = [0u8; 32];
-    seed[..8].copy_from_slice(&n.to_le_bytes());
-    Keypair::from_seed(seed)
+    common::seed_keypair(n)
 }
 
 /// The bootstrap node on the rendezvous host; returns it once ready.
@@ -473,33 +465,9 @@ fn dial_back_tells_reachable_from_not() {
     }
 }
 
-/// A bootstrap node bound to `ip` in `host`.
+/// A bootstrap node (and relay) bound to `ip` in `host`.
 fn bootstrap_at(lab: &Lab, host: Host, ip: std::net::Ipv4Addr, dir: &Path) -> (LabChild, String) {
-    let key = dir.join(format!("boot-{ip}.key"));
-    let ip = ip.to_string();
-    let port = BOOT_PORT.to_string();
-    let mut boot = lab
-        .spawn(
-            host,
-            &[
-                env!("CARGO_BIN_EXE_natkit"),
-                "--key",
-                key.to_str().unwrap(),
-                "--port",
-                &port,
-                "--json",
-                "bootstrap-node",
-                "--bind",
-                &ip,
-                "--relay",
-                "--relay-port",
-                RELAY_PORT,
-            ],
-        )
-        .expect("spawn a bootstrap node");
-    boot.wait_for_stdout("\"ready\"", Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("bootstrap node not ready: {e}: {}", boot.stderr()));
-    (boot, format!("{ip}:{BOOT_PORT}"))
+    common::lab_bootstrap(lab, host, ip, dir)
 }
 
 /// TCP classification: three natkit nodes on three public IPs report the

@@ -93,3 +93,52 @@ pub fn field<'a>(fields: &'a [(String, String)], key: &str) -> &'a str {
         .map(|(_, v)| v.as_str())
         .unwrap_or_else(|| panic!("no {key}= in {fields:?}"))
 }
+
+/// The key the example programs make from `--seed n` (the 32-byte seed `n` as u64
+/// little-endian, zero-padded).
+pub fn seed_keypair(n: u64) -> natkit::identity::Keypair {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&n.to_le_bytes());
+    natkit::identity::Keypair::from_seed(seed)
+}
+
+/// The lab's bootstrap node port (TCP and UDP).
+pub const LAB_BOOT_PORT: u16 = 4000;
+
+/// The relay port of every lab bootstrap node.
+pub const LAB_RELAY_PORT: &str = "4001";
+
+/// `natkit bootstrap-node --relay` bound to `ip` in lab host `host` (key in `dir`), once
+/// ready; returns it and its address.
+pub fn lab_bootstrap(
+    lab: &natkit_lab::Lab,
+    host: natkit_lab::Host,
+    ip: std::net::Ipv4Addr,
+    dir: &Path,
+) -> (natkit_lab::LabChild, String) {
+    let key = dir.join(format!("boot-{ip}.key"));
+    let ip = ip.to_string();
+    let port = LAB_BOOT_PORT.to_string();
+    let mut boot = lab
+        .spawn(
+            host,
+            &[
+                env!("CARGO_BIN_EXE_natkit"),
+                "--key",
+                key.to_str().unwrap(),
+                "--port",
+                &port,
+                "--json",
+                "bootstrap-node",
+                "--bind",
+                &ip,
+                "--relay",
+                "--relay-port",
+                LAB_RELAY_PORT,
+            ],
+        )
+        .expect("spawn a bootstrap node");
+    boot.wait_for_stdout("\"ready\"", std::time::Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("bootstrap node not ready: {e}: {}", boot.stderr()));
+    (boot, format!("{ip}:{LAB_BOOT_PORT}"))
+}

@@ -205,10 +205,19 @@ impl Lab {
 
     /// Stops miniupnpd in `router` ([`Host::NatA`] or [`Host::NatB`]) like a router whose
     /// UPnP/NAT-PMP/PCP service went away: its forwardings, conntrack table and lease file are
-    /// gone (`natlab.sh miniupnpd-stop`); [`Lab::restart_miniupnpd`] starts it again.
+    /// gone (`natlab.sh miniupnpd-stop`); [`Lab::start_miniupnpd`] starts it again.
     pub fn stop_miniupnpd(&self, router: Host) -> Result<(), LabError> {
         let mut cmd = script_cmd();
         cmd.args(["--name", &self.name, "miniupnpd-stop", &router.to_string()]);
+        run_script(cmd, UP_TIMEOUT).map(|_| ())
+    }
+
+    /// Starts a stopped miniupnpd in `router` ([`Lab::stop_miniupnpd`]) like a router whose
+    /// mapping service is switched on: nothing else is touched (connections through the router
+    /// live on), and it returns once miniupnpd answers NAT-PMP (`natlab.sh miniupnpd-start`).
+    pub fn start_miniupnpd(&self, router: Host) -> Result<(), LabError> {
+        let mut cmd = script_cmd();
+        cmd.args(["--name", &self.name, "miniupnpd-start", &router.to_string()]);
         run_script(cmd, UP_TIMEOUT).map(|_| ())
     }
 

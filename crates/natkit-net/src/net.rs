@@ -299,17 +299,7 @@ impl Net {
                 want_plaintext: inner.config.plaintext,
                 allow_plaintext: inner.config.allow_plaintext || inner.config.plaintext,
             };
-            let est = tokio::select! {
-                r = tokio::time::timeout(inner.config.handshake_timeout, handshake::run(&mut stream, opts)) => r,
-                () = inner.shutdown.cancelled() => return Err(NetError::Shutdown),
-            };
-            let est = est
-                .map_err(|_| NetError::Timeout {
-                    what: "handshake",
-                    addr,
-                    secs: inner.config.handshake_timeout.as_secs_f64(),
-                })?
-                .map_err(|source| NetError::Handshake { addr, source })?;
+            let est = inner.handshake(&mut stream, opts, "handshake").await?;
             register(inner, stream, est, Direction::Outbound, None)
         }
         .instrument(span)
@@ -388,17 +378,9 @@ impl Net {
                 want_plaintext: false,
                 allow_plaintext: false,
             };
-            let est = tokio::select! {
-                r = tokio::time::timeout(inner.config.handshake_timeout, handshake::run(&mut stream, opts)) => r,
-                () = inner.shutdown.cancelled() => return Err(NetError::Shutdown),
-            };
-            let est = est
-                .map_err(|_| NetError::Timeout {
-                    what: "handshake through the relay",
-                    addr,
-                    secs: inner.config.handshake_timeout.as_secs_f64(),
-                })?
-                .map_err(|source| NetError::Handshake { addr, source })?;
+            let est = inner
+                .handshake(&mut stream, opts, "handshake through the relay")
+                .await?;
             let direction = if inbound {
                 Direction::Inbound
             } else {
@@ -596,6 +578,27 @@ impl Net {
 impl Inner {
     fn registry(&self) -> MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs the handshake on a dialed stream, within the handshake timeout (`what` names it
+    /// in the timeout error) and until shutdown.
+    async fn handshake(
+        &self,
+        stream: &mut TcpStream,
+        opts: HandshakeOptions<'_>,
+        what: &'static str,
+    ) -> Result<handshake::Established, NetError> {
+        let addr = opts.peer_addr;
+        let r = tokio::select! {
+            r = tokio::time::timeout(self.config.handshake_timeout, handshake::run(stream, opts)) => r,
+            () = self.shutdown.cancelled() => return Err(NetError::Shutdown),
+        };
+        r.map_err(|_| NetError::Timeout {
+            what,
+            addr,
+            secs: self.config.handshake_timeout.as_secs_f64(),
+        })?
+        .map_err(|source| NetError::Handshake { addr, source })
     }
 
     fn has_preface(&self) -> bool {
