@@ -127,6 +127,7 @@ fn network(dir: &Path) -> (Proc, String, Proc, serde_json::Value) {
     assert!(ready["unl"].as_str().unwrap().starts_with("nk"), "{ready}");
     let addr = ready["addr"].as_str().unwrap().to_string();
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    assert!(ready["relay"].is_null(), "relaying is opt-in: {ready}");
 
     let (run_key, run_id) = make_key(dir, "run.key");
     let mut run = Proc::spawn(
@@ -352,6 +353,48 @@ fn usage_errors_come_before_any_network_work() {
         assert_usage_error(&natkit(&key, args), what);
     }
     assert!(!key.exists());
+}
+
+#[test]
+fn a_bootstrap_node_relays_when_asked_on_the_port_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = make_key(dir.path(), "relay.key");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let port = port.to_string();
+    let mut boot = Proc::spawn(
+        &key,
+        &[
+            "--json",
+            "bootstrap-node",
+            "--bind",
+            "127.0.0.1",
+            "--relay",
+            "--relay-port",
+            &port,
+        ],
+        Stdio::null(),
+    );
+    let ready = boot.event();
+    assert_eq!(ready["event"], "ready", "{ready}");
+    let relay = ready["relay"].as_str().expect("the relay's address");
+    assert_eq!(relay, format!("127.0.0.1:{port}"));
+    // A relay serves reservations there.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let me = natkit::identity::Keypair::from_seed([7; 32]);
+        let client = natkit::relay::RelayClient::bind(me, "127.0.0.1".parse().unwrap())
+            .await
+            .unwrap();
+        let (session, _) = client.open(relay.parse().unwrap()).await.unwrap();
+        let r = session.reserve().await.unwrap();
+        assert_eq!(r.limits, natkit::relay::RelayLimits::default().circuit());
+        assert_eq!(r.ttl.as_secs(), 3600);
+        client.shutdown().await;
+    });
 }
 
 #[test]

@@ -225,6 +225,23 @@ impl Node {
         if let Some(s) = sessions.get(&addr) {
             return Ok(s.clone());
         }
+        if sessions.len() >= natkit_relay::client::MAX_SESSIONS {
+            // Full: close the sessions that carry nothing (no reservation of ours, no live
+            // circuit), opened to reach peers through their relays.
+            let held: Vec<SocketAddr> = lock(&r.held).iter().map(|h| h.session.addr()).collect();
+            let busy: Vec<NodeId> = lock(&r.circuits)
+                .iter()
+                .filter(|(_, c)| !c.is_closed())
+                .map(|((relay, _), _)| *relay)
+                .collect();
+            sessions.retain(|a, s| {
+                let keep = held.contains(a) || busy.contains(&s.relay_id());
+                if !keep {
+                    s.close();
+                }
+                keep
+            });
+        }
         let (session, notices) = tokio::time::timeout(PROBE_TIMEOUT, r.client.open(addr))
             .await
             .map_err(|_| RelayError::Connect {
