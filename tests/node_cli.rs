@@ -138,6 +138,8 @@ fn network(dir: &Path) -> (Proc, String, Proc, serde_json::Value) {
     let ready = run.event();
     assert_eq!(ready["event"], "ready", "{ready}");
     assert_eq!(ready["id"], run_id.as_str());
+    // Reachable on loopback: no relay needed, none reserved.
+    assert_eq!(ready["relays"], serde_json::json!([]), "{ready}");
     (boot, addr, run, ready)
 }
 

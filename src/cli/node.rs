@@ -220,16 +220,20 @@ async fn run_events(json: bool, echo: bool, node: &Node) -> anyhow::Result<()> {
         })?;
     let unl = node.unl().emit();
     let relay = node.relay_addr().map(|a| a.to_string());
+    let relays: Vec<String> = node.relays().iter().map(|r| r.addr.to_string()).collect();
     if json {
         println!(
             "{}",
-            json!({"event": "ready", "id": node.id(), "unl": unl, "relay": relay})
+            json!({"event": "ready", "id": node.id(), "unl": unl, "relay": relay, "relays": relays})
         );
     } else {
         println!("ready: node id {}, UNL published in the DHT", node.id());
         println!("unl: {unl}");
         if let Some(r) = relay {
             println!("relay: on {r}");
+        }
+        if !relays.is_empty() {
+            println!("reachable through relays: {}", relays.join(", "));
         }
     }
     while let Some(event) = events.next().await {

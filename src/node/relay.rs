@@ -31,6 +31,7 @@ use natkit_identity::NodeId;
 use natkit_net::{CloseReason, Connection, NetError, Role};
 use natkit_relay::wire::CircuitId;
 use natkit_relay::{Notice, RelayClient, RelayError, RelayServer, Session};
+use natkit_unl::NodeType;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -147,6 +148,15 @@ impl Relaying {
         }
     }
 
+    /// Relays that carry a live relayed connection of ours.
+    fn busy_relays(&self) -> Vec<NodeId> {
+        lock(&self.circuits)
+            .iter()
+            .filter(|(_, c)| !c.is_closed())
+            .map(|((relay, _), _)| *relay)
+            .collect()
+    }
+
     fn remember(&self, relay: NodeId, id: CircuitId, conn: &Connection) {
         let mut c = lock(&self.circuits);
         c.retain(|_, con| !con.is_closed());
@@ -229,11 +239,7 @@ impl Node {
             // Full: close the sessions that carry nothing (no reservation of ours, no live
             // circuit), opened to reach peers through their relays.
             let held: Vec<SocketAddr> = lock(&r.held).iter().map(|h| h.session.addr()).collect();
-            let busy: Vec<NodeId> = lock(&r.circuits)
-                .iter()
-                .filter(|(_, c)| !c.is_closed())
-                .map(|((relay, _), _)| *relay)
-                .collect();
+            let busy = r.busy_relays();
             sessions.retain(|a, s| {
                 let keep = held.contains(a) || busy.contains(&s.relay_id());
                 if !keep {
@@ -326,6 +332,22 @@ impl Node {
         let r = &self.inner.relaying;
         let now = Instant::now();
         let mut changed = false;
+        if self.unl().node == NodeType::Reachable {
+            // Reachable now (a port mapping appeared): reservations are no longer needed.
+            // Those that carry a live relayed connection stay until it ends (or is upgraded).
+            let busy = r.busy_relays();
+            let mut held = lock(&r.held);
+            let before = held.len();
+            held.retain(|h| {
+                let keep = busy.contains(&h.session.relay_id());
+                if !keep {
+                    tracing::info!(relay = %h.session.relay_id().short(), "reachable directly now: relay reservation given up");
+                    h.session.close();
+                }
+                keep
+            });
+            return held.len() != before;
+        }
         let due: Vec<Session> = {
             let mut held = lock(&r.held);
             let before = held.len();
