@@ -473,16 +473,8 @@ async fn run_step(node: Node, peer: NodeId, s: Step) -> Outcome {
         (PathKind::Reverse, _) => timed(timeout, node.reverse(peer, s.via.clone())).await,
         (PathKind::Punched, _) => timed(timeout, node.punch(peer, s.via.clone())).await,
         (PathKind::Relayed, Some(addr)) => {
-            match tokio::time::timeout(timeout, node.relayed(peer, addr)).await {
-                Ok(Ok(c)) => Ok((c, None)),
-                Ok(Err(e)) => Err(e.into()),
-                Err(_) => Err(NetError::Timeout {
-                    what: "connect through the relay",
-                    addr,
-                    secs: timeout.as_secs_f64(),
-                }
-                .into()),
-            }
+            let relayed = node.relayed(peer, addr);
+            dial_within(timeout, addr, "connect through the relay", relayed).await
         }
         (_, Some(addr)) => {
             let net = node.net();
@@ -493,20 +485,31 @@ async fn run_step(node: Node, peer: NodeId, s: Step) -> Outcome {
                     net.connect(addr, peer).await
                 }
             };
-            match tokio::time::timeout(timeout, dial).await {
-                Ok(Ok(c)) => Ok((c, None)),
-                Ok(Err(e)) => Err(e.into()),
-                Err(_) => Err(NetError::Timeout {
-                    what: "connect and handshake",
-                    addr,
-                    secs: timeout.as_secs_f64(),
-                }
-                .into()),
-            }
+            dial_within(timeout, addr, "connect and handshake", dial).await
         }
         (_, None) => Err(NetError::Shutdown.into()),
     };
     (s, r)
+}
+
+/// A dial (direct or through a relay) within `timeout`; `what` names it in the timeout
+/// error.
+async fn dial_within<E: Into<AttemptError>>(
+    timeout: Duration,
+    addr: SocketAddr,
+    what: &'static str,
+    dial: impl Future<Output = Result<Connection, E>>,
+) -> Result<(Connection, Option<Duration>), AttemptError> {
+    match tokio::time::timeout(timeout, dial).await {
+        Ok(Ok(c)) => Ok((c, None)),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(NetError::Timeout {
+            what,
+            addr,
+            secs: timeout.as_secs_f64(),
+        }
+        .into()),
+    }
 }
 
 async fn timed(
