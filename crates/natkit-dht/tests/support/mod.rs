@@ -30,17 +30,8 @@ fn driver_script() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/libtorrent_peer.py").to_owned()
 }
 
-/// Whether the environment asks for hard failures instead of skips (`CI=true` or `CI=1`),
-/// as `natkit_lab::in_ci` decides it.
-pub fn in_ci() -> bool {
-    matches!(
-        std::env::var("CI")
-            .as_deref()
-            .map(str::to_ascii_lowercase)
-            .as_deref(),
-        Ok("true") | Ok("1")
-    )
-}
+/// Whether the environment asks for hard failures instead of skips (`CI=true` or `CI=1`).
+pub use natkit_lab::in_ci;
 
 fn libtorrent_missing() -> Option<String> {
     match std::process::Command::new(PYTHON)
