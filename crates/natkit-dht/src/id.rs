@@ -201,62 +201,68 @@ pub fn decode_peer(bytes: &[u8]) -> Option<SocketAddr> {
 
 /// Encodes IPv4 nodes as the concatenation of 26-byte records (`nodes`).
 pub fn encode_nodes(nodes: &[NodeInfo]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(nodes.len() * COMPACT_NODE_V4_BYTES);
-    for n in nodes {
-        out.extend_from_slice(&n.id.0);
-        out.extend_from_slice(&encode_peer_v4(&n.addr));
-    }
-    out
+    encode_records(nodes, COMPACT_NODE_V4_BYTES, |n| {
+        (n.id, encode_peer_v4(&n.addr).to_vec())
+    })
 }
 
 /// Decodes a `nodes` field: 26-byte records.
 pub fn decode_nodes(bytes: &[u8]) -> Result<Vec<NodeInfo>, CompactError> {
-    let err = CompactError {
-        len: bytes.len(),
-        record: COMPACT_NODE_V4_BYTES,
-    };
-    let chunks = bytes.chunks_exact(COMPACT_NODE_V4_BYTES);
-    if !chunks.remainder().is_empty() {
-        return Err(err);
-    }
-    chunks
-        .map(|c| {
-            let (id, peer) = c.split_at_checked(ID_BYTES).ok_or(err.clone())?;
-            Ok(NodeInfo {
-                id: Id::from_slice(id).ok_or(err.clone())?,
-                addr: decode_peer_v4(peer).ok_or(err.clone())?,
-            })
+    decode_records(bytes, COMPACT_NODE_V4_BYTES, |id, peer| {
+        Some(NodeInfo {
+            id,
+            addr: decode_peer_v4(peer)?,
         })
-        .collect()
+    })
 }
 
 /// Encodes IPv6 nodes as the concatenation of 38-byte records (`nodes6`).
 pub fn encode_nodes6(nodes: &[NodeInfo6]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(nodes.len() * COMPACT_NODE_V6_BYTES);
-    for n in nodes {
-        out.extend_from_slice(&n.id.0);
-        out.extend_from_slice(&encode_peer_v6(&n.addr));
-    }
-    out
+    encode_records(nodes, COMPACT_NODE_V6_BYTES, |n| {
+        (n.id, encode_peer_v6(&n.addr).to_vec())
+    })
 }
 
 /// Decodes a `nodes6` field: 38-byte records.
 pub fn decode_nodes6(bytes: &[u8]) -> Result<Vec<NodeInfo6>, CompactError> {
+    decode_records(bytes, COMPACT_NODE_V6_BYTES, |id, peer| {
+        Some(NodeInfo6 {
+            id,
+            addr: decode_peer_v6(peer)?,
+        })
+    })
+}
+
+/// The compact node-list codec of both families: records of `record` bytes, each an id
+/// and a compact peer.
+fn encode_records<N>(nodes: &[N], record: usize, parts: impl Fn(&N) -> (Id, Vec<u8>)) -> Vec<u8> {
+    let mut out = Vec::with_capacity(nodes.len() * record);
+    for n in nodes {
+        let (id, peer) = parts(n);
+        out.extend_from_slice(&id.0);
+        out.extend_from_slice(&peer);
+    }
+    out
+}
+
+fn decode_records<N>(
+    bytes: &[u8],
+    record: usize,
+    make: impl Fn(Id, &[u8]) -> Option<N>,
+) -> Result<Vec<N>, CompactError> {
     let err = CompactError {
         len: bytes.len(),
-        record: COMPACT_NODE_V6_BYTES,
+        record,
     };
-    let chunks = bytes.chunks_exact(COMPACT_NODE_V6_BYTES);
+    let chunks = bytes.chunks_exact(record);
     if !chunks.remainder().is_empty() {
         return Err(err);
     }
     chunks
         .map(|c| {
             let (id, peer) = c.split_at_checked(ID_BYTES).ok_or(err.clone())?;
-            Ok(NodeInfo6 {
-                id: Id::from_slice(id).ok_or(err.clone())?,
-                addr: decode_peer_v6(peer).ok_or(err.clone())?,
-            })
+            let id = Id::from_slice(id).ok_or(err.clone())?;
+            make(id, peer).ok_or(err.clone())
         })
         .collect()
 }
