@@ -302,16 +302,7 @@ impl Server {
         if !peers.is_empty() {
             r.values = Some(peers);
         }
-        match self.storage.get(target, now) {
-            Some(Item::Immutable(v)) => r.v = Some(v.clone()),
-            Some(Item::Mutable(item)) => {
-                r.k = Some(item.k);
-                r.seq = Some(item.seq);
-                r.sig = Some(item.sig);
-                r.v = Some(item.v.clone());
-            }
-            None => {}
-        }
+        fill_item(&mut r, self.storage.get(target, now), None);
         r
     }
 
@@ -326,18 +317,7 @@ impl Server {
         let mut r = Response::new(self.id);
         r.token = Some(self.tokens.token(from.ip(), now).to_vec());
         r.nodes = Some(table.closest_good(target, K, now));
-        match self.storage.get(target, now) {
-            Some(Item::Immutable(v)) => r.v = Some(v.clone()),
-            Some(Item::Mutable(item)) => {
-                r.seq = Some(item.seq);
-                if seq.is_none_or(|s| s < item.seq) {
-                    r.k = Some(item.k);
-                    r.sig = Some(item.sig);
-                    r.v = Some(item.v.clone());
-                }
-            }
-            None => {}
-        }
+        fill_item(&mut r, self.storage.get(target, now), seq);
         r
     }
 
@@ -361,6 +341,24 @@ impl Server {
                 .map_err(bep44_err)?,
         }
         Ok(Response::new(self.id))
+    }
+}
+
+/// Puts a stored item in an answer: an immutable value, or a mutable item's `seq` and, unless
+/// the asker has one at least as new (`newer_than`, BEP 44's `seq` argument), its key,
+/// signature and value.
+fn fill_item(r: &mut Response, item: Option<&Item>, newer_than: Option<i64>) {
+    match item {
+        Some(Item::Immutable(v)) => r.v = Some(v.clone()),
+        Some(Item::Mutable(item)) => {
+            r.seq = Some(item.seq);
+            if newer_than.is_none_or(|s| s < item.seq) {
+                r.k = Some(item.k);
+                r.sig = Some(item.sig);
+                r.v = Some(item.v.clone());
+            }
+        }
+        None => {}
     }
 }
 
